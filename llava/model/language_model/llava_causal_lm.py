@@ -1,0 +1,115 @@
+"""The one generic mechanism every LLaVA LLM family uses.
+
+A family file declares three small classes: a config subclass with a ``llava_*`` model_type, a
+base-model subclass with :class:`~llava.model.llava_arch.LlavaMetaModel` in front, and a causal-LM
+subclass with :class:`LlavaCausalLMMixin` in front; then calls :func:`register_family`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin
+
+from ..llava_arch import LlavaMetaForCausalLM
+
+
+class LlavaCausalLMMixin(LlavaMetaForCausalLM):
+    """``forward`` and ``generate`` that accept ``images`` and ``image_sizes`` like upstream LLaVA.
+
+    Subclasses set ``llava_model_class`` (the LLaVA base model) and inherit from the family's
+    causal-LM class right after this mixin.
+    """
+
+    llava_model_class: type[nn.Module]
+    _keys_to_ignore_on_load_unexpected = [r"model\.vision_tower\."]
+
+    def __init__(self, config: Any) -> None:
+        # Skip the family's own causal-LM __init__ (it would build a text-only base model) and
+        # build the same parts around the LLaVA base model instead.
+        family_causal_lm = self._family_causal_lm_class()
+        super(family_causal_lm, self).__init__(config)
+        self.model = self.llava_model_class(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    @classmethod
+    def _family_causal_lm_class(cls) -> type:
+        """The family's own causal-LM class (e.g. ``LlamaForCausalLM``): first generating class in the MRO."""
+        return next(
+            c for c in cls.__mro__ if issubclass(c, GenerationMixin) and not issubclass(c, LlavaMetaForCausalLM)
+        )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        images: torch.Tensor | list[torch.Tensor] | None = None,
+        image_sizes: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        if inputs_embeds is None and input_ids is not None and self.get_vision_tower() is not None:
+            if images is not None:
+                (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels) = (
+                    self.prepare_inputs_labels_for_multimodal(
+                        input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes
+                    )
+                )
+            elif self.training and self.get_vision_tower().is_loaded:
+                inputs_embeds = self._keep_vision_in_graph(self.get_model().embed_tokens(input_ids))
+                input_ids = None
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            **kwargs,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: torch.Tensor | None = None,
+        images: torch.Tensor | list[torch.Tensor] | None = None,
+        image_sizes: Any = None,
+        **kwargs: Any,
+    ) -> torch.LongTensor:
+        """Upstream's call: ``generate(input_ids, images=..., image_sizes=..., **generation_kwargs)``.
+
+        The prompt (with images spliced in, left-padded) goes to transformers' own ``generate`` as
+        ``inputs_embeds``, so the result holds only the newly generated tokens, as upstream.
+        """
+        if "inputs_embeds" in kwargs:
+            raise ValueError("Pass input_ids (with -200 image placeholders) and images, not inputs_embeds.")
+        if inputs is None:
+            inputs = kwargs.pop("input_ids", None)
+        if inputs is None:
+            raise ValueError("generate() needs input_ids.")
+        position_ids = kwargs.pop("position_ids", None)
+        attention_mask = kwargs.pop("attention_mask", None)
+        if images is not None and self.get_vision_tower() is not None:
+            res = self.prepare_multimodal_splice(inputs, attention_mask, None, images, image_sizes,
+                                                 padding_side="left")
+            inputs_embeds, attention_mask, position_ids = res.inputs_embeds, res.attention_mask, res.position_ids
+        else:
+            inputs_embeds = self.get_model().embed_tokens(inputs)
+        return super().generate(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+        )
+
+
+def register_family(config_class: type, causal_lm_class: type) -> None:
+    """Register a LLaVA family with ``AutoConfig`` / ``AutoModelForCausalLM`` (idempotent)."""
+    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    AutoModelForCausalLM.register(config_class, causal_lm_class, exist_ok=True)

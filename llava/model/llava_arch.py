@@ -1,0 +1,194 @@
+"""LLaVA mixins: build the vision tower + projector, encode images, splice them into the LLM input.
+
+``LlavaMetaModel`` goes in front of a family's base model (e.g. ``LlamaModel``);
+``LlavaMetaForCausalLM`` in front of its causal-LM class. ``encode_images`` is the seam where
+later add-ons hook in (tower -> projector -> ...).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from llava.constants import (
+    DEFAULT_IM_END_TOKEN,
+    DEFAULT_IM_START_TOKEN,
+    DEFAULT_IMAGE_PATCH_TOKEN,
+)
+
+from .checkpoints import load_mm_projector
+from .multimodal_encoder.builder import build_vision_tower
+from .multimodal_projector.builder import build_vision_projector
+from .multimodal_splice import SpliceResult, splice_image_features
+
+
+class LlavaMetaModel:
+    """Adds ``vision_tower`` and ``mm_projector`` to a base model when the config names a tower."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        if getattr(config, "mm_vision_tower", None):
+            self.vision_tower = build_vision_tower(config, delay_load=True)
+            self.mm_projector = build_vision_projector(config)
+
+    def get_vision_tower(self) -> nn.Module | None:
+        tower = getattr(self, "vision_tower", None)
+        if isinstance(tower, list):
+            tower = tower[0]
+        return tower
+
+    def initialize_vision_modules(self, model_args: Any, fsdp: Any = None) -> None:
+        """Build/load the tower and projector from training arguments and record upstream config fields."""
+        self.config.mm_vision_tower = model_args.vision_tower
+        tower = self.get_vision_tower()
+        if tower is None:
+            tower = build_vision_tower(model_args)
+            self.vision_tower = [tower] if fsdp else tower
+        else:
+            tower.load_model()
+
+        self.config.use_mm_proj = True
+        self.config.mm_projector_type = getattr(model_args, "mm_projector_type", "linear")
+        self.config.mm_hidden_size = tower.hidden_size
+        self.config.mm_vision_select_layer = model_args.mm_vision_select_layer
+        self.config.mm_vision_select_feature = getattr(model_args, "mm_vision_select_feature", "patch")
+        self.config.mm_patch_merge_type = getattr(model_args, "mm_patch_merge_type", "flat")
+
+        if getattr(self, "mm_projector", None) is None:
+            self.mm_projector = build_vision_projector(self.config)
+        else:
+            for p in self.mm_projector.parameters():
+                p.requires_grad = True
+
+        adapter = getattr(model_args, "pretrain_mm_mlp_adapter", None)
+        if adapter:
+            load_mm_projector(self.mm_projector, adapter)
+
+
+class LlavaMetaForCausalLM:
+    """Multimodal input preparation shared by every LLaVA causal-LM family."""
+
+    def get_model(self) -> nn.Module:
+        return self.model
+
+    def get_vision_tower(self) -> nn.Module | None:
+        return self.get_model().get_vision_tower()
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) pixels -> (N, T, hidden) projected image tokens."""
+        feats = self.get_model().get_vision_tower()(images)
+        return self.get_model().mm_projector(feats)
+
+    @staticmethod
+    def _stack_images(images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        if isinstance(images, (list, tuple)):
+            parts = [im if im.ndim == 4 else im.unsqueeze(0) for im in images]
+            images = torch.cat(parts, dim=0) if parts else torch.empty(0)
+        if images.ndim == 3:
+            images = images.unsqueeze(0)
+        if images.ndim != 4:
+            raise ValueError(f"images must be (N, 3, H, W) or a list of (3, H, W); got shape {tuple(images.shape)}")
+        return images
+
+    def _check_image_size(self, images: torch.Tensor) -> None:
+        tower_cfg = self.get_vision_tower().config
+        expected = (3, tower_cfg.image_size, tower_cfg.image_size)
+        if images.numel() and tuple(images.shape[1:]) != expected:
+            raise ValueError(
+                f"images have shape {tuple(images.shape)} but the vision tower expects (N, {expected[0]}, "
+                f"{expected[1]}, {expected[2]}); preprocess them with the tower's image processor "
+                "(llava.mm_utils.process_images)."
+            )
+
+    def _keep_vision_in_graph(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """Run tower + projector on one blank image and add 0 x result.
+
+        Keeps every rank's autograd graph (and ZeRO-3 parameter gathering) identical when a
+        training batch holds no image at all.
+        """
+        cfg = self.get_vision_tower().config
+        blank = torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=inputs_embeds.device,
+                            dtype=inputs_embeds.dtype)
+        return inputs_embeds + 0.0 * self.encode_images(blank).sum()
+
+    def prepare_multimodal_splice(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        images: torch.Tensor | list[torch.Tensor],
+        image_sizes: Any = None,
+        padding_side: str | None = None,
+    ) -> SpliceResult:
+        """Encode ``images`` and splice them into ``input_ids``; returns the full :class:`SpliceResult`."""
+        images = self._stack_images(images)
+        self._check_image_size(images)
+        embed = self.get_model().embed_tokens
+        if images.shape[0]:
+            feats = self.encode_images(images)
+        else:
+            feats = embed.weight.new_zeros(0, 1, embed.weight.shape[1])
+        side = padding_side or getattr(self.config, "tokenizer_padding_side", "right")
+        return splice_image_features(
+            input_ids, attention_mask, labels, feats, embed,
+            max_length=getattr(self.config, "tokenizer_model_max_length", None),
+            padding_side=side,
+        )
+
+    def prepare_inputs_labels_for_multimodal(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        past_key_values: Any,
+        labels: torch.Tensor | None,
+        images: torch.Tensor | list[torch.Tensor] | None,
+        image_sizes: Any = None,
+        padding_side: str | None = None,
+    ) -> tuple[None, torch.Tensor | None, torch.Tensor | None, Any, torch.Tensor | None, torch.Tensor | None]:
+        """Upstream's signature: returns ``(None, position_ids, attention_mask, past_key_values, inputs_embeds, labels)``.
+
+        Without a vision tower or images the inputs come back unchanged (``input_ids`` first).
+        """
+        if self.get_vision_tower() is None or images is None:
+            return input_ids, position_ids, attention_mask, past_key_values, None, labels
+        res = self.prepare_multimodal_splice(input_ids, attention_mask, labels, images, image_sizes, padding_side)
+        return None, res.position_ids, res.attention_mask, past_key_values, res.inputs_embeds, res.labels
+
+    def initialize_vision_tokenizer(self, model_args: Any, tokenizer: Any) -> None:
+        """Add ``<im_patch>`` / ``<im_start>`` ``<im_end>`` tokens when the flags ask for them."""
+        if getattr(model_args, "mm_use_im_patch_token", False):
+            tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
+            self.resize_token_embeddings(len(tokenizer))
+        if getattr(model_args, "mm_use_im_start_end", False):
+            added = tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
+            self.resize_token_embeddings(len(tokenizer))
+            inp = self.get_input_embeddings().weight.data
+            out = self.get_output_embeddings().weight.data
+            if added > 0:
+                inp[-added:] = inp[:-added].mean(dim=0, keepdim=True)
+                out[-added:] = out[:-added].mean(dim=0, keepdim=True)
+            if getattr(model_args, "tune_mm_mlp_adapter", False):
+                for p in self.get_input_embeddings().parameters():
+                    p.requires_grad = True
+                for p in self.get_output_embeddings().parameters():
+                    p.requires_grad = False
+            adapter = getattr(model_args, "pretrain_mm_mlp_adapter", None)
+            if adapter:
+                from .checkpoints import load_weights_file
+
+                weights = load_weights_file(adapter)
+                key = "model.embed_tokens.weight"
+                if key in weights:
+                    emb = weights[key]
+                    if emb.shape == inp.shape:
+                        inp.copy_(emb)
+                    elif emb.shape[0] == added:
+                        inp[-added:] = emb
+                    else:
+                        raise ValueError(
+                            f"{adapter}: embed_tokens has shape {tuple(emb.shape)}, expected {tuple(inp.shape)} "
+                            f"or ({added}, ...) for the added image tokens."
+                        )

@@ -1,0 +1,1 @@
+"""Vision towers (frozen CLIP encoders) and their builder."""

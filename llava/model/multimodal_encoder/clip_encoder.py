@@ -1,0 +1,94 @@
+"""Frozen CLIP vision tower with upstream LLaVA's layer/feature selection and delayed loading."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+VALID_SELECT_FEATURES = ("patch", "cls_patch")
+
+
+class CLIPVisionTower(nn.Module):
+    """Wrap a ``CLIPVisionModel``; output the hidden states of ``select_layer``.
+
+    With ``delay_load=True`` only the config is read; :meth:`load_model` loads the weights later
+    (that is how upstream rebuilds a LLaVA checkpoint: the tower comes from its own checkpoint).
+    """
+
+    def __init__(self, vision_tower: str, args: Any, delay_load: bool = False) -> None:
+        super().__init__()
+        self.is_loaded = False
+        self.vision_tower_name = vision_tower
+        self.select_layer: int = getattr(args, "mm_vision_select_layer", -2)
+        self.select_feature: str = getattr(args, "mm_vision_select_feature", "patch")
+        if self.select_feature not in VALID_SELECT_FEATURES:
+            raise ValueError(
+                f"mm_vision_select_feature={self.select_feature!r} is not supported; "
+                f"valid values: {', '.join(VALID_SELECT_FEATURES)}"
+            )
+        if not delay_load or getattr(args, "unfreeze_mm_vision_tower", False):
+            self.load_model()
+        else:
+            self.cfg_only = CLIPVisionConfig.from_pretrained(self.vision_tower_name)
+
+    def load_model(self, device_map: Any = None) -> None:
+        """Load processor and weights (once); the tower is frozen."""
+        if self.is_loaded:
+            return
+        self.image_processor = CLIPImageProcessor.from_pretrained(self.vision_tower_name)
+        self.vision_tower = CLIPVisionModel.from_pretrained(self.vision_tower_name, device_map=device_map)
+        self.vision_tower.requires_grad_(False)
+        self.is_loaded = True
+
+    def feature_select(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Pick ``select_layer`` and drop the CLS token unless ``cls_patch``."""
+        feats = hidden_states[self.select_layer]
+        if self.select_feature == "patch":
+            feats = feats[:, 1:]
+        return feats
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.vision_tower(
+            images.to(device=self.device, dtype=self.dtype), output_hidden_states=True
+        )
+        return self.feature_select(out.hidden_states).to(images.dtype)
+
+    @property
+    def dummy_feature(self) -> torch.Tensor:
+        return torch.zeros(1, self.hidden_size, device=self.device, dtype=self.dtype)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vision_tower.dtype if self.is_loaded else torch.float32
+
+    @property
+    def device(self) -> torch.device:
+        return self.vision_tower.device if self.is_loaded else torch.device("cpu")
+
+    @property
+    def config(self) -> CLIPVisionConfig:
+        return self.vision_tower.config if self.is_loaded else self.cfg_only
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    @property
+    def num_patches_per_side(self) -> int:
+        return self.config.image_size // self.config.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.num_patches_per_side**2
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens per image this tower emits (patches, plus CLS for ``cls_patch``)."""
+        return self.num_patches + (1 if self.select_feature == "cls_patch" else 0)

@@ -1,0 +1,1 @@
+"""Vision-to-language projectors and their builder."""

@@ -1,0 +1,123 @@
+"""Vectorized splice of image features into a batch of token embeddings.
+
+Every ``IMAGE_TOKEN_INDEX`` (-200) placeholder among the attended tokens of ``input_ids`` is
+replaced by the ``T`` feature vectors of the next image (images are consumed in row-major
+order: sample by sample, left to right). Padding is dropped and re-applied on the requested
+side, labels of image positions become ``IGNORE_INDEX``, sequences are truncated to
+``max_length`` and position ids restart at 0 on each sample's first real token. All of it is
+done with tensor ops: there is no Python loop over the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+
+@dataclass
+class SpliceResult:
+    """Output of :func:`splice_image_features`; every tensor is (B, L_new[, D])."""
+
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor | None
+    image_mask: torch.Tensor
+    """True where an image feature was written."""
+    image_index: torch.Tensor
+    """(N, T) destination column of each image token in the output, -1 where truncated away."""
+    image_batch_index: torch.Tensor
+    """(N,) row of the output each image went to."""
+
+
+def count_image_placeholders(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Number of attended ``IMAGE_TOKEN_INDEX`` placeholders per sample, shape (B,)."""
+    is_img = input_ids == IMAGE_TOKEN_INDEX
+    if attention_mask is not None:
+        is_img &= attention_mask.bool()
+    return is_img.sum(dim=1)
+
+
+def splice_image_features(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    image_features: torch.Tensor,
+    embed_tokens: nn.Module,
+    max_length: int | None = None,
+    padding_side: str = "right",
+) -> SpliceResult:
+    """Replace each image placeholder by the features of one image; see the module docstring.
+
+    ``image_features`` is (N, T, D) with N equal to the number of placeholders in the batch.
+    """
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    bsz, seq_len = input_ids.shape
+    device = input_ids.device
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+    valid = attention_mask.bool()
+    is_img = (input_ids == IMAGE_TOKEN_INDEX) & valid
+    per_sample = is_img.sum(dim=1)
+    n_images, n_tokens = image_features.shape[0], image_features.shape[1]
+    if int(per_sample.sum()) != n_images:
+        raise ValueError(
+            f"The batch has {int(per_sample.sum())} <image> placeholders (per sample: {per_sample.tolist()}) "
+            f"but {n_images} images were given. Each <image> in a prompt needs exactly one image; images "
+            "are matched to placeholders in order, sample by sample."
+        )
+
+    # Width each input position occupies in the output: 1 per text token, T per image, 0 for padding.
+    width = torch.where(is_img, n_tokens, valid.long())
+    ends = width.cumsum(dim=1)
+    starts = ends - width
+    new_len = ends[:, -1] if seq_len > 0 else torch.zeros(bsz, dtype=torch.long, device=device)
+    if max_length is not None:
+        new_len = new_len.clamp(max=max_length)
+    out_len = int(new_len.max()) if bsz > 0 else 0
+    offset = (out_len - new_len) if padding_side == "left" else torch.zeros_like(new_len)
+
+    text_mask = valid & ~is_img
+    text_embeds = embed_tokens(torch.where(text_mask, input_ids, torch.zeros_like(input_ids)))
+    hidden = text_embeds.shape[-1]
+    embeds = text_embeds.new_zeros(bsz, out_len, hidden)
+
+    tb, tt = text_mask.nonzero(as_tuple=True)
+    t_dest = starts[tb, tt]
+    keep = t_dest < new_len[tb]
+    tb, tt, t_dest = tb[keep], tt[keep], t_dest[keep] + offset[tb[keep]]
+    embeds = embeds.index_put((tb, t_dest), text_embeds[tb, tt])
+
+    ib, it = is_img.nonzero(as_tuple=True)
+    i_dest = starts[ib, it].unsqueeze(1) + torch.arange(n_tokens, device=device)
+    i_rows = ib.unsqueeze(1).expand(-1, n_tokens)
+    i_keep = i_dest < new_len[i_rows]
+    i_dest = i_dest + offset[i_rows]
+    feats = image_features.to(embeds.dtype)
+    embeds = embeds.index_put((i_rows[i_keep], i_dest[i_keep]), feats[i_keep])
+
+    cols = torch.arange(out_len, device=device).unsqueeze(0)
+    new_mask = (cols >= offset.unsqueeze(1)) & (cols < (offset + new_len).unsqueeze(1))
+    position_ids = ((cols - offset.unsqueeze(1)) * new_mask).long()
+    image_mask = torch.zeros(bsz, out_len, dtype=torch.bool, device=device)
+    image_mask[i_rows[i_keep], i_dest[i_keep]] = True
+
+    new_labels = None
+    if labels is not None:
+        new_labels = torch.full((bsz, out_len), IGNORE_INDEX, dtype=labels.dtype, device=device)
+        new_labels[tb, t_dest] = labels[tb, tt]
+
+    return SpliceResult(
+        inputs_embeds=embeds,
+        attention_mask=new_mask.to(attention_mask.dtype),
+        position_ids=position_ids,
+        labels=new_labels,
+        image_mask=image_mask,
+        image_index=torch.where(i_keep, i_dest, torch.full_like(i_dest, -1)),
+        image_batch_index=ib,
+    )
