@@ -1,0 +1,193 @@
+"""Command-line argument dataclasses for training, with upstream LLaVA-1.5's flag names and defaults.
+
+Three dataclasses are parsed by ``transformers.HfArgumentParser``: :class:`ModelArguments`,
+:class:`DataArguments` and :class:`TrainingArguments` (a ``transformers.TrainingArguments``
+subclass). :func:`validate_args` checks flag values right after parsing, before any model is
+loaded, and raises ``ValueError`` naming the flag and what to do.
+
+Extending: an add-on (later issues) declares its flags in a small dataclass *mixin* in its own
+module (every field with a default) and adds that class to ``ModelArguments``' bases. A mixin
+may define ``check(model_args, data_args, training_args)`` as a ``staticmethod``;
+:func:`validate_args` calls every such ``check`` found on the classes of the parsed objects.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import transformers
+
+VALID_IMAGE_ASPECT_RATIOS = ("square", "pad")
+VALID_SELECT_FEATURES = ("patch", "cls_patch")
+VALID_PATCH_MERGE_TYPES = ("flat",)
+VALID_BITS = (4, 8, 16)
+VALID_QUANT_TYPES = ("nf4", "fp4")
+VALID_LORA_BIAS = ("none", "all", "lora_only")
+
+
+@dataclass
+class ModelArguments:
+    """Which LLM, vision tower and projector to build, and what to train (upstream names)."""
+
+    model_name_or_path: str | None = field(default="facebook/opt-125m")
+    version: str | None = field(default="v0", metadata={"help": "Conversation template name."})
+    freeze_backbone: bool = field(default=False)
+    tune_mm_mlp_adapter: bool = field(default=False, metadata={"help": "Train only the projector."})
+    vision_tower: str | None = field(default=None)
+    mm_vision_select_layer: int | None = field(default=-1)
+    pretrain_mm_mlp_adapter: str | None = field(default=None, metadata={"help": "Path to mm_projector.bin."})
+    mm_projector_type: str | None = field(default="linear")
+    mm_use_im_start_end: bool = field(default=False)
+    mm_use_im_patch_token: bool = field(default=True)
+    mm_patch_merge_type: str | None = field(default="flat")
+    mm_vision_select_feature: str | None = field(default="patch")
+
+
+@dataclass
+class DataArguments:
+    """Where the LLaVA-format data lives and how images are prepared."""
+
+    data_path: str | None = field(default=None, metadata={"help": "Path to the training data JSON."})
+    lazy_preprocess: bool = False
+    is_multimodal: bool = False
+    image_folder: str | None = field(default=None)
+    image_aspect_ratio: str = "square"
+    skip_bad_samples: bool = field(
+        default=False,
+        metadata={"help": "Skip (and count) unreadable/invalid samples instead of raising."},
+    )
+    # Filled in by train() after the model is built; not command-line flags.
+    image_processor: Any = field(default=None, init=False, repr=False)
+    mm_use_im_start_end: bool = field(default=False, init=False)
+    conv_version: str | None = field(default=None, init=False)
+    num_image_tokens: int | None = field(default=None, init=False)
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    """``transformers.TrainingArguments`` plus upstream LLaVA's training flags."""
+
+    cache_dir: str | None = field(default=None)
+    optim: str = field(default="adamw_torch")
+    remove_unused_columns: bool = field(default=False)
+    freeze_mm_mlp_adapter: bool = field(default=False)
+    mpt_attn_impl: str | None = field(default="triton")
+    model_max_length: int = field(
+        default=512,
+        metadata={"help": "Maximum sequence length. Sequences will be right padded (and possibly truncated)."},
+    )
+    double_quant: bool = field(
+        default=True, metadata={"help": "Compress the quantization statistics through double quantization."}
+    )
+    quant_type: str = field(default="nf4", metadata={"help": "Quantization data type: `fp4` or `nf4`."})
+    bits: int = field(default=16, metadata={"help": "How many bits to use (4, 8 or 16)."})
+    lora_enable: bool = False
+    lora_r: int = 64
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_weight_path: str = ""
+    lora_bias: str = "none"
+    mm_projector_lr: float | None = None
+    group_by_modality_length: bool = field(default=False)
+
+
+def _choice(flag: str, value: Any, valid: tuple[Any, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"--{flag} {value!r} is not supported; valid values: {', '.join(map(str, valid))}")
+
+
+def _check_projector_type(projector_type: str | None) -> None:
+    """Validate through the projector registry itself when it is importable (no duplicated key list)."""
+    if projector_type is None:
+        raise ValueError("--mm_projector_type must be set (e.g. 'linear' or 'mlp2x_gelu').")
+    if importlib.util.find_spec("llava.model.multimodal_projector.builder") is None:
+        return
+    from llava.model.multimodal_projector.builder import make_projector
+
+    try:
+        make_projector(projector_type, 4, 4)
+    except ValueError as err:
+        raise ValueError(f"--mm_projector_type: {err}") from err
+
+
+def _check_template(version: str | None) -> None:
+    if importlib.util.find_spec("llava.conversation") is None:
+        return
+    from llava import conversation
+
+    templates = getattr(conversation, "conv_templates", None)
+    if templates is not None and version not in templates:
+        raise ValueError(
+            f"--version {version!r} is not a known conversation template; valid: {', '.join(sorted(templates))}"
+        )
+
+
+def _check_paths(model_args: ModelArguments, data_args: DataArguments) -> None:
+    if data_args.data_path is None:
+        raise ValueError("--data_path is required: point it at a LLaVA-format JSON file.")
+    if not os.path.isfile(data_args.data_path):
+        raise ValueError(f"--data_path {data_args.data_path!r} does not exist or is not a file.")
+    if data_args.image_folder is not None and not os.path.isdir(data_args.image_folder):
+        raise ValueError(f"--image_folder {data_args.image_folder!r} is not a directory.")
+    adapter = model_args.pretrain_mm_mlp_adapter
+    if adapter is not None and not os.path.isfile(adapter):
+        raise ValueError(
+            f"--pretrain_mm_mlp_adapter {adapter!r} does not exist; pass the mm_projector.bin written by the "
+            "pretrain stage (scripts/v1_5/pretrain.sh)."
+        )
+
+
+def _check_training(training_args: TrainingArguments) -> None:
+    _choice("bits", training_args.bits, VALID_BITS)
+    _choice("quant_type", training_args.quant_type, VALID_QUANT_TYPES)
+    _choice("lora_bias", training_args.lora_bias, VALID_LORA_BIAS)
+    if training_args.bits in (4, 8) and importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError(
+            f"--bits {training_args.bits} needs the `bitsandbytes` package, which is not importable; "
+            "install it (pip install bitsandbytes) or train with --bits 16."
+        )
+    if training_args.model_max_length <= 0:
+        raise ValueError(f"--model_max_length must be positive, got {training_args.model_max_length}.")
+    if training_args.lora_enable:
+        if training_args.lora_r <= 0:
+            raise ValueError(f"--lora_r must be positive, got {training_args.lora_r}.")
+        if not 0.0 <= training_args.lora_dropout < 1.0:
+            raise ValueError(f"--lora_dropout must be in [0, 1), got {training_args.lora_dropout}.")
+        if training_args.lora_weight_path and not os.path.exists(training_args.lora_weight_path):
+            raise ValueError(f"--lora_weight_path {training_args.lora_weight_path!r} does not exist.")
+    if training_args.mm_projector_lr is not None and training_args.mm_projector_lr <= 0:
+        raise ValueError(f"--mm_projector_lr must be positive when set, got {training_args.mm_projector_lr}.")
+
+
+def validate_args(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
+    """Check flag values and their combinations; raise ``ValueError`` naming the flag and the fix."""
+    if not model_args.model_name_or_path:
+        raise ValueError("--model_name_or_path is required (a local LLM folder or a Hub id).")
+    _choice("image_aspect_ratio", data_args.image_aspect_ratio, VALID_IMAGE_ASPECT_RATIOS)
+    _choice("mm_vision_select_feature", model_args.mm_vision_select_feature, VALID_SELECT_FEATURES)
+    _choice("mm_patch_merge_type", model_args.mm_patch_merge_type, VALID_PATCH_MERGE_TYPES)
+    _check_projector_type(model_args.mm_projector_type)
+    _check_template(model_args.version)
+    _check_paths(model_args, data_args)
+    _check_training(training_args)
+    if model_args.tune_mm_mlp_adapter and training_args.freeze_mm_mlp_adapter:
+        raise ValueError("--tune_mm_mlp_adapter True and --freeze_mm_mlp_adapter True contradict; drop one.")
+    if model_args.tune_mm_mlp_adapter and training_args.lora_enable:
+        raise ValueError(
+            "--tune_mm_mlp_adapter True trains only the projector, so --lora_enable True would train nothing "
+            "extra; use one or the other."
+        )
+    if model_args.vision_tower is None and (model_args.tune_mm_mlp_adapter or model_args.pretrain_mm_mlp_adapter):
+        raise ValueError(
+            "--tune_mm_mlp_adapter / --pretrain_mm_mlp_adapter need a projector, which needs --vision_tower."
+        )
+    seen: set[Any] = set()
+    for obj in (model_args, data_args, training_args):
+        for cls in type(obj).__mro__:
+            check = cls.__dict__.get("check")
+            if isinstance(check, staticmethod) and check not in seen:
+                seen.add(check)
+                check.__func__(model_args, data_args, training_args)

@@ -1,0 +1,216 @@
+"""``LLaVATrainer``: the HF Trainer with LLaVA's sampler, optimizer groups and checkpoint layout.
+
+What differs from ``transformers.Trainer`` (only public/overridable Trainer methods are touched):
+
+* ``group_by_modality_length`` -> :class:`llava.train.sampler.LengthGroupedSampler` over the
+  dataset's ``modality_lengths`` (image and text-only samples batched separately).
+* ``mm_projector_lr`` -> the projector gets its own parameter groups (decay / no decay) at that
+  learning rate; everything else keeps ``learning_rate``.
+* Projector-only training (``tune_mm_mlp_adapter``): model files in ``checkpoint-N`` and in the
+  final folder are ``mm_projector.bin`` (upstream keys, gathered ZeRO-3-safely) + ``config.json``;
+  optimizer, scheduler, RNG and trainer state are still saved, so resuming works.
+* LoRA: every save (checkpoints included) also writes ``non_lora_trainables.bin`` and
+  ``config.json``; resuming loads them back, so the projector survives a resume.
+* Before any ``save_pretrained`` the model's ``generation_config`` is made self-consistent
+  (:func:`llava.utils.generation_config.sanitize_generation_config`) and the changes are logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer
+
+from llava.utils.generation_config import sanitize_generation_config
+from llava.utils.zero import get_mm_adapter_state_maybe_zero_3, get_peft_state_non_lora_maybe_zero_3
+
+logger = logging.getLogger(__name__)
+
+MM_PROJECTOR_FILE = "mm_projector.bin"
+NON_LORA_FILE = "non_lora_trainables.bin"
+PROJECTOR_KEY = "mm_projector"
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename it into place."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_save_config(config: Any, output_dir: str) -> None:
+    """Write ``config.json`` for a ``PretrainedConfig`` atomically into ``output_dir``."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "config.json")
+    tmp = f"{path}.tmp.{os.getpid()}"
+    config.to_json_file(tmp, use_diff=True)
+    os.replace(tmp, path)
+
+
+def projector_keys_to_match(config: Any) -> list[str]:
+    """Parameter-name fragments that make up the 'projector-only' checkpoint (upstream's choice)."""
+    keys = [PROJECTOR_KEY]
+    if getattr(config, "mm_use_im_start_end", False):
+        keys += ["embed_tokens", "embed_in"]
+    return keys
+
+
+def build_param_groups(
+    named_params: Iterable[tuple[str, nn.Parameter]],
+    decay_names: Iterable[str],
+    weight_decay: float,
+    mm_projector_lr: float | None,
+) -> list[dict[str, Any]]:
+    """Optimizer groups: (decay, no-decay) x (rest, projector); projector groups get ``mm_projector_lr``.
+
+    Frozen parameters are left out and empty groups dropped (DeepSpeed dislikes empty groups).
+    """
+    decay = set(decay_names)
+    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {
+        (d, p): [] for d in (True, False) for p in (False, True)
+    }
+    for name, param in named_params:
+        if not param.requires_grad:
+            continue
+        is_proj = mm_projector_lr is not None and PROJECTOR_KEY in name
+        buckets[(name in decay, is_proj)].append(param)
+    groups = []
+    for (is_decay, is_proj), params in buckets.items():
+        if not params:
+            continue
+        group: dict[str, Any] = {"params": params, "weight_decay": weight_decay if is_decay else 0.0}
+        if is_proj:
+            group["lr"] = mm_projector_lr
+        groups.append(group)
+    return groups
+
+
+class LLaVATrainer(Trainer):
+    """Trainer with LLaVA's modality-grouped sampler, projector lr and projector/LoRA checkpoints."""
+
+    # ---- data ----
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if dataset is None or not getattr(self.args, "group_by_modality_length", False):
+            return super()._get_train_sampler(train_dataset)
+        from llava.train.sampler import LengthGroupedSampler
+
+        return LengthGroupedSampler(
+            self.args.train_batch_size,
+            world_size=self.args.world_size * self.args.gradient_accumulation_steps,
+            lengths=dataset.modality_lengths,
+            group_by_modality=True,
+        )
+
+    # ---- optimizer ----
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        mm_projector_lr = getattr(self.args, "mm_projector_lr", None)
+        if mm_projector_lr is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        groups = build_param_groups(
+            opt_model.named_parameters(), self.get_decay_parameter_names(opt_model),
+            self.args.weight_decay, mm_projector_lr,
+        )
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    # ---- saving ----
+
+    def _unwrapped(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+
+    def _model_config(self) -> Any:
+        return getattr(self._unwrapped(), "config", None)
+
+    def is_projector_only(self) -> bool:
+        """True when only the projector is trained (``--tune_mm_mlp_adapter True``)."""
+        config = self._model_config()
+        return bool(getattr(config, "tune_mm_mlp_adapter", False))
+
+    def is_lora(self) -> bool:
+        """True when the model is a PEFT LoRA model (``--lora_enable True``)."""
+        return bool(getattr(self.args, "lora_enable", False))
+
+    def sanitize_generation_config(self) -> list[str]:
+        """Fix an inconsistent ``generation_config`` before saving, logging each change once."""
+        changes = sanitize_generation_config(getattr(self._unwrapped(), "generation_config", None))
+        if changes and self.args.should_save:
+            logger.warning("generation_config was inconsistent and would fail to save; fixed:\n  %s",
+                           "\n  ".join(changes))
+        return changes
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save in LLaVA's layout; must run on every rank (ZeRO-3 gathers are collective)."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        self.sanitize_generation_config()
+        if self.is_projector_only():
+            self._save_projector(output_dir)
+            return
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if self.is_lora():
+            self._save_non_lora(output_dir)
+
+    def _save_projector(self, output_dir: str) -> None:
+        model = self._unwrapped()
+        state = get_mm_adapter_state_maybe_zero_3(model.named_parameters(),
+                                                  projector_keys_to_match(model.config))
+        if not self.args.should_save:
+            return
+        if not state:
+            raise RuntimeError(
+                "--tune_mm_mlp_adapter is set but the model has no parameter named '*mm_projector*'; "
+                "was --vision_tower given?"
+            )
+        os.makedirs(output_dir, exist_ok=True)
+        atomic_torch_save(state, os.path.join(output_dir, MM_PROJECTOR_FILE))
+        atomic_save_config(model.config, output_dir)
+        logger.info("saved %d projector tensors to %s", len(state), os.path.join(output_dir, MM_PROJECTOR_FILE))
+
+    def _save_non_lora(self, output_dir: str) -> None:
+        model = self._unwrapped()
+        state = get_peft_state_non_lora_maybe_zero_3(model.named_parameters())
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        atomic_torch_save(state, os.path.join(output_dir, NON_LORA_FILE))
+        atomic_save_config(model.config, output_dir)
+        logger.info("saved %d non-LoRA trainable tensors to %s", len(state), os.path.join(output_dir, NON_LORA_FILE))
+
+    # ---- resuming (non-DeepSpeed path; DeepSpeed restores from its own global_step* folder) ----
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        target = self.model if model is None else model
+        projector_file = os.path.join(resume_from_checkpoint, MM_PROJECTOR_FILE)
+        has_full_weights = any(
+            os.path.isfile(os.path.join(resume_from_checkpoint, name))
+            for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                         "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
+        )
+        if os.path.isfile(projector_file) and not has_full_weights:
+            self._load_partial(target, projector_file)
+        else:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        non_lora_file = os.path.join(resume_from_checkpoint, NON_LORA_FILE)
+        if os.path.isfile(non_lora_file):
+            self._load_partial(target, non_lora_file)
+
+    @staticmethod
+    def _load_partial(model: nn.Module, path: str) -> None:
+        """Load a partial state dict (projector / non-LoRA trainables); every key must land."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        result = model.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            raise RuntimeError(
+                f"{path} has keys the model does not: {result.unexpected_keys[:5]} ...; "
+                "was the checkpoint written by a different model/flag setup?"
+            )
+        logger.info("resume: restored %d tensors from %s", len(state), path)
