@@ -26,21 +26,13 @@ import torch
 from torch import nn
 from transformers import Trainer
 
+from llava.model.checkpoints import MM_PROJECTOR_FILE, NON_LORA_FILE, atomic_torch_save
 from llava.utils.generation_config import sanitize_generation_config
 from llava.utils.zero import get_mm_adapter_state_maybe_zero_3, get_peft_state_non_lora_maybe_zero_3
 
 logger = logging.getLogger(__name__)
 
-MM_PROJECTOR_FILE = "mm_projector.bin"
-NON_LORA_FILE = "non_lora_trainables.bin"
 PROJECTOR_KEY = "mm_projector"
-
-
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename it into place."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def atomic_save_config(config: Any, output_dir: str) -> None:

@@ -29,6 +29,10 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
     def __init__(self, config: Any) -> None:
         # Skip the family's own causal-LM __init__ (it would build a text-only base model) and
         # build the same parts around the LLaVA base model instead.
+        if "model_type" in vars(config):
+            # Loading a base LLM's config.json into a LLaVA config class leaves its plain
+            # model_type ('llama') on the instance; the class's 'llava_*' type must win.
+            del config.model_type
         family_causal_lm = self._family_causal_lm_class()
         super(family_causal_lm, self).__init__(config)
         self.model = self.llava_model_class(config)
