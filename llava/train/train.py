@@ -1,0 +1,268 @@
+"""Training entry point with upstream LLaVA-1.5's flow and flags.
+
+``python llava/train/train.py --model_name_or_path ... --vision_tower ... --data_path ...`` or,
+for multi-process runs, ``deepspeed llava/train/train_mem.py ...`` (which picks the attention
+implementation). Flow: parse -> validate -> load the LLM (LLaVA class chosen by the LLM's exact
+``model_type``) -> optional k-bit / gradient checkpointing / LoRA -> tokenizer -> vision modules
+and freezing rules -> data -> :class:`~llava.train.trainer.LLaVATrainer` -> auto-resume from the
+newest complete ``checkpoint-*`` -> final save in the layout that matches the run:
+projector-only (``mm_projector.bin``), LoRA (adapter + ``non_lora_trainables.bin``) or a full
+``save_pretrained`` (safetensors).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from typing import Any
+
+if __name__ == "__main__" and not __package__:  # `python llava/train/train.py`: make `llava` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import torch
+import transformers
+
+from llava.train.arguments import (
+    DataArguments,
+    ModelArguments,
+    TrainingArguments,
+    validate_args,
+)
+
+logger = logging.getLogger("llava.train")
+
+LORA_EXCLUDED_MODULES = ("mm_projector", "vision_tower", "vision_resampler", "lm_head")
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def compute_dtype_for(training_args: TrainingArguments) -> torch.dtype:
+    """bf16 / fp16 when asked for, else fp32 (CPU runs)."""
+    if training_args.bf16:
+        return torch.bfloat16
+    if training_args.fp16:
+        return torch.float16
+    return torch.float32
+
+
+def _quantization_kwargs(training_args: TrainingArguments, dtype: torch.dtype) -> dict[str, Any]:
+    if training_args.bits not in (4, 8):
+        return {}
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            f"--bits {training_args.bits} needs bitsandbytes, which failed to import ({err}); "
+            "install it (pip install bitsandbytes, CUDA GPU required) or use --bits 16."
+        ) from err
+    return {
+        "device_map": {"": training_args.device},
+        "quantization_config": transformers.BitsAndBytesConfig(
+            load_in_4bit=training_args.bits == 4,
+            load_in_8bit=training_args.bits == 8,
+            llm_int8_skip_modules=["mm_projector"],
+            llm_int8_threshold=6.0,
+            llm_int8_has_fp16_weight=False,
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=training_args.double_quant,
+            bnb_4bit_quant_type=training_args.quant_type,
+        ),
+    }
+
+
+def load_model(model_args: ModelArguments, training_args: TrainingArguments,
+               attn_implementation: str | None) -> transformers.PreTrainedModel:
+    """The LLaVA class for the LLM's ``model_type`` when a vision tower is set, else the plain LLM."""
+    dtype = compute_dtype_for(training_args)
+    kwargs: dict[str, Any] = {"cache_dir": training_args.cache_dir,
+                              "dtype": torch.bfloat16 if training_args.bf16 else torch.float32,
+                              **_quantization_kwargs(training_args, dtype)}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    path = model_args.model_name_or_path
+    if model_args.vision_tower is None:
+        return transformers.AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    from llava.model import llava_class_for
+
+    config = transformers.AutoConfig.from_pretrained(path, cache_dir=training_args.cache_dir)
+    return llava_class_for(config.model_type).from_pretrained(path, **kwargs)
+
+
+def find_all_linear_names(model: torch.nn.Module) -> list[str]:
+    """Short names of the LLM's linear layers for LoRA (projector, towers and lm_head excluded)."""
+    linear_types: tuple[type, ...] = (torch.nn.Linear,)
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        bnb = None
+    if bnb is not None:
+        linear_types += (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+    names = {
+        name.split(".")[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, linear_types) and not any(ex in name for ex in LORA_EXCLUDED_MODULES)
+    }
+    return sorted(names)
+
+
+def apply_lora(model: Any, training_args: TrainingArguments) -> Any:
+    """Wrap ``model`` with a PEFT LoRA adapter on every LLM linear layer."""
+    from peft import LoraConfig, get_peft_model
+
+    lora_config = LoraConfig(
+        r=training_args.lora_r,
+        lora_alpha=training_args.lora_alpha,
+        target_modules=find_all_linear_names(model),
+        lora_dropout=training_args.lora_dropout,
+        bias=training_args.lora_bias,
+        task_type="CAUSAL_LM",
+    )
+    if training_args.bits == 16 and training_args.bf16:
+        model.to(torch.bfloat16)
+    logger.info("adding LoRA adapters (r=%d, alpha=%d) to %s", lora_config.r, lora_config.lora_alpha,
+                ", ".join(sorted(lora_config.target_modules)))
+    return get_peft_model(model, lora_config)
+
+
+def load_tokenizer(model_args: ModelArguments, training_args: TrainingArguments,
+                   model: Any) -> transformers.PreTrainedTokenizerBase:
+    """Right-padding tokenizer with ``model_max_length``; give it a pad token the way upstream does."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        model_args.model_name_or_path,
+        cache_dir=training_args.cache_dir,
+        model_max_length=training_args.model_max_length,
+        padding_side="right",
+        use_fast=False,
+    )
+    if tokenizer.pad_token is not None:
+        return tokenizer
+    if model_args.version == "v0":
+        # upstream v0: a dedicated [PAD] token, new embedding rows set to the mean embedding
+        added = tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+        model.resize_token_embeddings(len(tokenizer))
+        if added:
+            for emb in (model.get_input_embeddings(), model.get_output_embeddings()):
+                data = emb.weight.data
+                data[-added:] = data[:-added].mean(dim=0, keepdim=True)
+    elif tokenizer.unk_token is not None:
+        tokenizer.pad_token = tokenizer.unk_token  # llama-style tokenizers
+    else:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def setup_vision(model: Any, tokenizer: Any, model_args: ModelArguments, data_args: DataArguments,
+                 training_args: TrainingArguments) -> None:
+    """Build/load tower + projector, apply the freezing rules, fill data_args and the config fields."""
+    model.get_model().initialize_vision_modules(model_args=model_args, fsdp=training_args.fsdp or None)
+    tower = model.get_vision_tower()
+    if not tower.is_loaded:
+        tower.load_model()
+    tower.to(dtype=compute_dtype_for(training_args), device=training_args.device)
+
+    data_args.image_processor = tower.image_processor
+    data_args.is_multimodal = True
+    data_args.mm_use_im_start_end = model_args.mm_use_im_start_end
+    data_args.num_image_tokens = getattr(tower, "num_tokens", tower.num_patches)
+
+    config = model.config
+    config.image_aspect_ratio = data_args.image_aspect_ratio
+    config.tokenizer_padding_side = tokenizer.padding_side
+    config.tokenizer_model_max_length = tokenizer.model_max_length
+    projector = model.get_model().mm_projector
+
+    config.tune_mm_mlp_adapter = model_args.tune_mm_mlp_adapter
+    if model_args.tune_mm_mlp_adapter:
+        model.requires_grad_(False)
+        projector.requires_grad_(True)
+    config.freeze_mm_mlp_adapter = training_args.freeze_mm_mlp_adapter
+    if training_args.freeze_mm_mlp_adapter:
+        projector.requires_grad_(False)
+    if training_args.bits in (4, 8):
+        projector.to(dtype=compute_dtype_for(training_args), device=training_args.device)
+
+    config.mm_use_im_start_end = model_args.mm_use_im_start_end
+    config.mm_projector_lr = training_args.mm_projector_lr
+    config.mm_use_im_patch_token = model_args.mm_use_im_patch_token
+    model.initialize_vision_tokenizer(model_args, tokenizer=tokenizer)
+
+
+def find_resume_checkpoint(output_dir: str) -> str | None:
+    """Newest ``checkpoint-N`` in ``output_dir`` that finished saving (has ``trainer_state.json``)."""
+    if not os.path.isdir(output_dir):
+        return None
+    found = sorted(
+        ((int(m.group(1)), name) for name in os.listdir(output_dir) if (m := _CHECKPOINT_RE.match(name))),
+        reverse=True,
+    )
+    for _, name in found:
+        path = os.path.join(output_dir, name)
+        if os.path.isfile(os.path.join(path, "trainer_state.json")):
+            return path
+        logger.warning("ignoring incomplete checkpoint %s (no trainer_state.json: killed while saving?)", path)
+    return None
+
+
+def _setup_logging(training_args: TrainingArguments) -> None:
+    level = logging.INFO if training_args.should_log else logging.WARNING
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level, force=True)
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+
+
+def train(attn_implementation: str | None = None) -> None:
+    """Parse the command line and run one training stage (pretrain, finetune, LoRA ...)."""
+    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses()
+    validate_args(model_args, data_args, training_args)
+    _setup_logging(training_args)
+
+    model = load_model(model_args, training_args, attn_implementation)
+    model.config.use_cache = False
+    if model_args.freeze_backbone:
+        model.model.requires_grad_(False)
+    if training_args.bits in (4, 8):
+        from peft import prepare_model_for_kbit_training
+
+        model.config.torch_dtype = compute_dtype_for(training_args)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=bool(training_args.gradient_checkpointing))
+    if training_args.gradient_checkpointing:
+        model.enable_input_require_grads()
+    if training_args.lora_enable:
+        model = apply_lora(model, training_args)
+
+    tokenizer = load_tokenizer(model_args, training_args, model)
+    data_args.conv_version = model_args.version
+    if model_args.vision_tower is not None:
+        setup_vision(model, tokenizer, model_args, data_args, training_args)
+
+    from llava.train.dataset import make_supervised_data_module
+
+    from llava.train.trainer import LLaVATrainer
+
+    data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args)
+    trainer = LLaVATrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
+
+    resume = find_resume_checkpoint(training_args.output_dir)
+    if resume is not None:
+        logger.info("resuming from %s", resume)
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_state()
+
+    model.config.use_cache = True
+    trainer.save_model(training_args.output_dir)
+    _report_skips(data_module.get("train_dataset"), training_args)
+
+
+def _report_skips(dataset: Any, training_args: TrainingArguments) -> None:
+    report_fn = getattr(dataset, "skip_report", None)
+    if report_fn is None or not training_args.should_log:
+        return
+    report = report_fn()
+    if report:
+        print(report, flush=True)
+
+
+if __name__ == "__main__":
+    train()

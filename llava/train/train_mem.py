@@ -1,0 +1,41 @@
+"""DeepSpeed/launcher entry point: ``train()`` with FlashAttention-2 when importable, else SDPA.
+
+``deepspeed llava/train/train_mem.py --deepspeed scripts/zero2.json ...`` (upstream's name). The
+attention choice is logged once; no attention monkey patches are involved.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+
+if __name__ == "__main__" and not __package__:  # `deepspeed llava/train/train_mem.py`: make `llava` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from llava.train.train import train
+
+logger = logging.getLogger("llava.train")
+
+
+def pick_attn_implementation() -> str:
+    """``flash_attention_2`` when ``flash_attn`` is importable and CUDA is present, else ``sdpa``."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return "sdpa"
+    import torch
+
+    return "flash_attention_2" if torch.cuda.is_available() else "sdpa"
+
+
+def main() -> None:
+    """Pick the attention implementation, say which, and train."""
+    attn = pick_attn_implementation()
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        reason = "flash_attn is importable" if attn == "flash_attention_2" else "flash_attn not available"
+        print(f"[llava] attention implementation: {attn} ({reason})", flush=True)
+    train(attn_implementation=attn)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Shared part of the LLaVA-1.5 stage scripts: defaults (every one overridable from the
+# environment), device/precision handling and the DeepSpeed launch. Sourced, not run.
+#
+#   DEVICE=cpu      adds --use_cpu True, drops bf16/tf32, exports DS_ACCELERATOR=cpu
+#   NUM_GPUS=N      processes per node (deepspeed --num_gpus); default: all GPUs (1 on CPU)
+#   HOSTFILE=path   multi-node: passed to deepspeed --hostfile (see README)
+#   NUM_NODES, MASTER_ADDR, MASTER_PORT, INCLUDE   passed to deepspeed when set
+#   LAUNCHER        default "deepspeed"
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+export PYTHONPATH="${REPO_ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
+
+: "${DEVICE:=gpu}"
+: "${LAUNCHER:=deepspeed}"
+: "${CHECKPOINT_ROOT:=./checkpoints}"
+: "${RUN_NAME:=llava-v1.5-13b}"
+: "${LLM_NAME:=lmsys/vicuna-13b-v1.5}"
+: "${VISION_TOWER:=openai/clip-vit-large-patch14-336}"
+: "${PROJECTOR_TYPE:=mlp2x_gelu}"
+: "${SELECT_LAYER:=-2}"
+: "${MODEL_MAX_LENGTH:=2048}"
+: "${EPOCHS:=1}"
+: "${MAX_STEPS:=-1}"
+: "${WARMUP_RATIO:=0.03}"
+: "${WEIGHT_DECAY:=0.}"
+: "${LR_SCHEDULER:=cosine}"
+: "${SAVE_TOTAL_LIMIT:=1}"
+: "${LOGGING_STEPS:=1}"
+: "${NUM_WORKERS:=4}"
+: "${GRADIENT_CHECKPOINTING:=True}"
+: "${REPORT_TO:=none}"
+: "${EVAL_BATCH_SIZE:=4}"
+: "${PRETRAIN_DATA_ROOT:=./playground/data/LLaVA-Pretrain}"
+: "${FINETUNE_DATA_ROOT:=./playground/data}"
+
+# llava_launch FLAG... : run llava/train/train_mem.py under the launcher with the shared flags,
+# then the stage's flags, then whatever the user passed to the stage script (last one wins).
+llava_launch() {
+    local -a launcher_args=() precision_args=()
+    if [[ "${DEVICE}" == "cpu" ]]; then
+        export DS_ACCELERATOR=cpu
+        : "${NUM_GPUS:=1}"
+        precision_args=(--use_cpu True)
+    else
+        precision_args=(--bf16 True --tf32 True)
+    fi
+    [[ -n "${HOSTFILE:-}" ]] && launcher_args+=(--hostfile "${HOSTFILE}")
+    [[ -n "${NUM_NODES:-}" ]] && launcher_args+=(--num_nodes "${NUM_NODES}")
+    [[ -n "${NUM_GPUS:-}" ]] && launcher_args+=(--num_gpus "${NUM_GPUS}")
+    [[ -n "${INCLUDE:-}" ]] && launcher_args+=(--include "${INCLUDE}")
+    [[ -n "${MASTER_ADDR:-}" ]] && launcher_args+=(--master_addr "${MASTER_ADDR}")
+    [[ -n "${MASTER_PORT:-}" ]] && launcher_args+=(--master_port "${MASTER_PORT}")
+
+    local -a cmd=("${LAUNCHER}" "${launcher_args[@]}" "${REPO_ROOT}/llava/train/train_mem.py"
+        --deepspeed "${DS_CONFIG}"
+        --model_name_or_path "${MODEL_NAME}"
+        --vision_tower "${VISION_TOWER}"
+        --mm_projector_type "${PROJECTOR_TYPE}"
+        --mm_vision_select_layer "${SELECT_LAYER}"
+        --mm_use_im_start_end False
+        --mm_use_im_patch_token False
+        --data_path "${DATA_PATH}"
+        --image_folder "${IMAGE_FOLDER}"
+        --output_dir "${OUTPUT_DIR}"
+        --num_train_epochs "${EPOCHS}"
+        --max_steps "${MAX_STEPS}"
+        --per_device_train_batch_size "${BATCH_SIZE}"
+        --per_device_eval_batch_size "${EVAL_BATCH_SIZE}"
+        --gradient_accumulation_steps "${GRAD_ACCUM}"
+        --eval_strategy no
+        --save_strategy steps
+        --save_steps "${SAVE_STEPS}"
+        --save_total_limit "${SAVE_TOTAL_LIMIT}"
+        --learning_rate "${LR}"
+        --weight_decay "${WEIGHT_DECAY}"
+        --warmup_ratio "${WARMUP_RATIO}"
+        --lr_scheduler_type "${LR_SCHEDULER}"
+        --logging_steps "${LOGGING_STEPS}"
+        --model_max_length "${MODEL_MAX_LENGTH}"
+        --gradient_checkpointing "${GRADIENT_CHECKPOINTING}"
+        --dataloader_num_workers "${NUM_WORKERS}"
+        --lazy_preprocess True
+        --report_to "${REPORT_TO}"
+        "${precision_args[@]}"
+        "$@")
+    echo "[llava] ${cmd[*]}" >&2
+    "${cmd[@]}"
+}

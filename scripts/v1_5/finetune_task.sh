@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Fine-tune a finished LLaVA-1.5 model on your own task data (full fine-tune, ZeRO-3).
+# Set DATA_PATH / IMAGE_FOLDER to your data; every setting is an environment variable.
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+
+: "${MODEL_NAME:=liuhaotian/llava-v1.5-13b}"
+: "${DATA_PATH:=${FINETUNE_DATA_ROOT}/llava_v1_5_mix665k.json}"
+: "${IMAGE_FOLDER:=${FINETUNE_DATA_ROOT}}"
+: "${OUTPUT_DIR:=${CHECKPOINT_ROOT}/${RUN_NAME}-task}"
+: "${DS_CONFIG:=${REPO_ROOT}/scripts/zero3.json}"
+: "${BATCH_SIZE:=16}"
+: "${GRAD_ACCUM:=1}"
+: "${LR:=2e-5}"
+: "${SAVE_STEPS:=50000}"
+
+llava_launch \
+    --version v1 \
+    --image_aspect_ratio pad \
+    --group_by_modality_length True \
+    "$@"
