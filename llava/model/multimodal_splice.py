@@ -83,26 +83,34 @@ def splice_image_features(
     offset = (out_len - new_len) if padding_side == "left" else torch.zeros_like(new_len)
 
     text_mask = valid & ~is_img
-    text_embeds = embed_tokens(torch.where(text_mask, input_ids, torch.zeros_like(input_ids)))
-    hidden = text_embeds.shape[-1]
-    embeds = text_embeds.new_zeros(bsz, out_len, hidden)
+    cols = torch.arange(out_len, device=device).unsqueeze(0)
+    new_mask = (cols >= offset.unsqueeze(1)) & (cols < (offset + new_len).unsqueeze(1))
 
+    # Scatter rows through a flat (B * L_new, D) view with index_copy_: one pass, no full copies.
     tb, tt = text_mask.nonzero(as_tuple=True)
     t_dest = starts[tb, tt]
     keep = t_dest < new_len[tb]
-    tb, tt, t_dest = tb[keep], tt[keep], t_dest[keep] + offset[tb[keep]]
-    embeds = embeds.index_put((tb, t_dest), text_embeds[tb, tt])
+    if not bool(keep.all()):
+        tb, tt, t_dest = tb[keep], tt[keep], t_dest[keep]
+    t_dest = t_dest + offset[tb]
+    text_embeds = embed_tokens(input_ids[tb, tt])
+    hidden = text_embeds.shape[-1]
+    flat = text_embeds.new_empty(bsz * out_len, hidden)
+    flat.index_fill_(0, (~new_mask).reshape(-1).nonzero().squeeze(1), 0.0)
+    flat.index_copy_(0, tb * out_len + t_dest, text_embeds)
 
     ib, it = is_img.nonzero(as_tuple=True)
     i_dest = starts[ib, it].unsqueeze(1) + torch.arange(n_tokens, device=device)
     i_rows = ib.unsqueeze(1).expand(-1, n_tokens)
     i_keep = i_dest < new_len[i_rows]
     i_dest = i_dest + offset[i_rows]
-    feats = image_features.to(embeds.dtype)
-    embeds = embeds.index_put((i_rows[i_keep], i_dest[i_keep]), feats[i_keep])
+    feats = image_features.to(flat.dtype)
+    if bool(i_keep.all()):
+        flat.index_copy_(0, (i_rows * out_len + i_dest).reshape(-1), feats.reshape(-1, hidden))
+    else:
+        flat.index_copy_(0, (i_rows * out_len + i_dest)[i_keep], feats[i_keep])
 
-    cols = torch.arange(out_len, device=device).unsqueeze(0)
-    new_mask = (cols >= offset.unsqueeze(1)) & (cols < (offset + new_len).unsqueeze(1))
+    embeds = flat.view(bsz, out_len, hidden)
     position_ids = ((cols - offset.unsqueeze(1)) * new_mask).long()
     image_mask = torch.zeros(bsz, out_len, dtype=torch.bool, device=device)
     image_mask[i_rows[i_keep], i_dest[i_keep]] = True
