@@ -19,10 +19,11 @@ Styles (upstream's rendering, in our words):
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum, auto
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 
 class SeparatorStyle(Enum):
@@ -70,7 +71,7 @@ class Conversation:
 
     def _text_messages(self) -> list[tuple[str, str | None]]:
         out: list[tuple[str, str | None]] = []
-        for role, message in self.messages[self.offset:]:
+        for role, message in self.messages[self.offset :]:
             if isinstance(message, tuple):  # upstream stores (text, image, mode) for the web demo
                 message = message[0]
             out.append((role, message))
@@ -100,8 +101,10 @@ class Conversation:
 
     def _llama_2_prompt(self, messages: list[tuple[str, str | None]]) -> str:
         if messages and (not messages[0][1] or messages[0][0] != self.roles[0]):
-            raise ValueError("LLAMA_2 conversations must start with a non-empty message from "
-                             f"{self.roles[0]!r}; got {messages[0]!r}")
+            raise ValueError(
+                "LLAMA_2 conversations must start with a non-empty message from "
+                f"{self.roles[0]!r}; got {messages[0]!r}"
+            )
         ret = ""
         for i, (_, message) in enumerate(messages):
             if not message:
@@ -113,7 +116,7 @@ class Conversation:
             else:
                 ret += f" {message} {self.sep2}"
         # The first turn carries no leading "<s>": the tokenizer adds BOS itself.
-        return ret[len(self.sep):] if ret.startswith(self.sep) else ret
+        return ret[len(self.sep) :] if ret.startswith(self.sep) else ret
 
     def to_chat_messages(self) -> list[dict[str, str]]:
         """Turns as ``[{"role", "content"}]`` for ``apply_chat_template`` (the trailing ``None`` dropped)."""
@@ -159,27 +162,60 @@ _LLAVA_LLAMA_2_SYSTEM = (
 
 
 def _build_templates() -> Mapping[str, Conversation]:
-    vicuna_v1 = Conversation(system=_VICUNA_SYSTEM, roles=("USER", "ASSISTANT"), sep_style=SeparatorStyle.TWO,
-                             sep=" ", sep2="</s>", version="v1")
-    llava_v1 = Conversation(system=_LLAVA_V1_SYSTEM, roles=("USER", "ASSISTANT"), sep_style=SeparatorStyle.TWO,
-                            sep=" ", sep2="</s>", version="v1")
-    llama_2 = Conversation(system=_LLAMA_2_SYSTEM, roles=("USER", "ASSISTANT"), sep_style=SeparatorStyle.LLAMA_2,
-                           sep="<s>", sep2="</s>", version="llama_v2")
-    llava_llama_2 = Conversation(system=_LLAVA_LLAMA_2_SYSTEM, roles=("USER", "ASSISTANT"),
-                                 sep_style=SeparatorStyle.LLAMA_2, sep="<s>", sep2="</s>", version="llama_v2")
-    plain = Conversation(system="", roles=("", ""), sep_style=SeparatorStyle.PLAIN, sep="\n", sep2="\n",
-                         version="plain")
-    chat_template = Conversation(system="", roles=CHAT_TEMPLATE_ROLES, sep_style=SeparatorStyle.TEMPLATE,
-                                 sep="", sep2=None, version="chat_template")
-    return MappingProxyType({
-        "plain": plain,
-        "v1": vicuna_v1,
-        "vicuna_v1": vicuna_v1,
-        "llava_v1": llava_v1,
-        "llama_2": llama_2,
-        "llava_llama_2": llava_llama_2,
-        "chat_template": chat_template,
-    })
+    vicuna_v1 = Conversation(
+        system=_VICUNA_SYSTEM,
+        roles=("USER", "ASSISTANT"),
+        sep_style=SeparatorStyle.TWO,
+        sep=" ",
+        sep2="</s>",
+        version="v1",
+    )
+    llava_v1 = Conversation(
+        system=_LLAVA_V1_SYSTEM,
+        roles=("USER", "ASSISTANT"),
+        sep_style=SeparatorStyle.TWO,
+        sep=" ",
+        sep2="</s>",
+        version="v1",
+    )
+    llama_2 = Conversation(
+        system=_LLAMA_2_SYSTEM,
+        roles=("USER", "ASSISTANT"),
+        sep_style=SeparatorStyle.LLAMA_2,
+        sep="<s>",
+        sep2="</s>",
+        version="llama_v2",
+    )
+    llava_llama_2 = Conversation(
+        system=_LLAVA_LLAMA_2_SYSTEM,
+        roles=("USER", "ASSISTANT"),
+        sep_style=SeparatorStyle.LLAMA_2,
+        sep="<s>",
+        sep2="</s>",
+        version="llama_v2",
+    )
+    plain = Conversation(
+        system="", roles=("", ""), sep_style=SeparatorStyle.PLAIN, sep="\n", sep2="\n", version="plain"
+    )
+    chat_template = Conversation(
+        system="",
+        roles=CHAT_TEMPLATE_ROLES,
+        sep_style=SeparatorStyle.TEMPLATE,
+        sep="",
+        sep2=None,
+        version="chat_template",
+    )
+    return MappingProxyType(
+        {
+            "plain": plain,
+            "v1": vicuna_v1,
+            "vicuna_v1": vicuna_v1,
+            "llava_v1": llava_v1,
+            "llama_2": llama_2,
+            "llava_llama_2": llava_llama_2,
+            "chat_template": chat_template,
+        }
+    )
 
 
 #: Exact-key registry of templates (read-only). Use :func:`get_conv_template` to get a copy to fill in.
