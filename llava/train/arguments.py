@@ -77,7 +77,7 @@ class TrainingArguments(transformers.TrainingArguments):
     mpt_attn_impl: str | None = field(default="triton")
     model_max_length: int = field(
         default=512,
-        metadata={"help": "Maximum sequence length. Sequences will be right padded (and possibly truncated)."},
+        metadata={"help": "Maximum sequence length; sequences are right padded (and possibly truncated)."},
     )
     double_quant: bool = field(
         default=True, metadata={"help": "Compress the quantization statistics through double quantization."}
@@ -121,7 +121,8 @@ def _check_template(version: str | None) -> None:
     templates = getattr(conversation, "conv_templates", None)
     if templates is not None and version not in templates:
         raise ValueError(
-            f"--version {version!r} is not a known conversation template; valid: {', '.join(sorted(templates))}"
+            f"--version {version!r} is not a known conversation template; "
+            f"valid: {', '.join(sorted(templates))}"
         )
 
 
@@ -162,7 +163,9 @@ def _check_training(training_args: TrainingArguments) -> None:
         raise ValueError(f"--mm_projector_lr must be positive when set, got {training_args.mm_projector_lr}.")
 
 
-def validate_args(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
+def validate_args(
+    model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
+) -> None:
     """Check flag values and their combinations; raise ``ValueError`` naming the flag and the fix."""
     if not model_args.model_name_or_path:
         raise ValueError("--model_name_or_path is required (a local LLM folder or a Hub id).")
@@ -180,7 +183,8 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
             "--tune_mm_mlp_adapter True trains only the projector, so --lora_enable True would train nothing "
             "extra; use one or the other."
         )
-    if model_args.vision_tower is None and (model_args.tune_mm_mlp_adapter or model_args.pretrain_mm_mlp_adapter):
+    needs_projector = model_args.tune_mm_mlp_adapter or model_args.pretrain_mm_mlp_adapter
+    if model_args.vision_tower is None and needs_projector:
         raise ValueError(
             "--tune_mm_mlp_adapter / --pretrain_mm_mlp_adapter need a projector, which needs --vision_tower."
         )

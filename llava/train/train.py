@@ -200,7 +200,7 @@ def find_resume_checkpoint(output_dir: str) -> str | None:
         path = os.path.join(output_dir, name)
         if os.path.isfile(os.path.join(path, "trainer_state.json")):
             return path
-        logger.warning("ignoring incomplete checkpoint %s (no trainer_state.json: killed while saving?)", path)
+        logger.warning("ignoring incomplete checkpoint %s (no trainer_state.json; killed mid-save?)", path)
     return None
 
 
@@ -238,7 +238,6 @@ def train(attn_implementation: str | None = None) -> None:
         setup_vision(model, tokenizer, model_args, data_args, training_args)
 
     from llava.train.dataset import make_supervised_data_module
-
     from llava.train.trainer import LLaVATrainer
 
     data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args)

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-if __name__ == "__main__" and not __package__:  # `deepspeed llava/train/train_mem.py`: make `llava` importable
+if __name__ == "__main__" and not __package__:  # run as a script: make `llava` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from llava.train.train import train

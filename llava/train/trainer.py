@@ -165,7 +165,7 @@ class LLaVATrainer(Trainer):
         os.makedirs(output_dir, exist_ok=True)
         atomic_torch_save(state, os.path.join(output_dir, MM_PROJECTOR_FILE))
         atomic_save_config(model.config, output_dir)
-        logger.info("saved %d projector tensors to %s", len(state), os.path.join(output_dir, MM_PROJECTOR_FILE))
+        logger.info("saved %d projector tensors to %s/%s", len(state), output_dir, MM_PROJECTOR_FILE)
 
     def _save_non_lora(self, output_dir: str) -> None:
         model = self._unwrapped()
@@ -175,7 +175,7 @@ class LLaVATrainer(Trainer):
         os.makedirs(output_dir, exist_ok=True)
         atomic_torch_save(state, os.path.join(output_dir, NON_LORA_FILE))
         atomic_save_config(model.config, output_dir)
-        logger.info("saved %d non-LoRA trainable tensors to %s", len(state), os.path.join(output_dir, NON_LORA_FILE))
+        logger.info("saved %d non-LoRA trainable tensors to %s/%s", len(state), output_dir, NON_LORA_FILE)
 
     # ---- resuming (non-DeepSpeed path; DeepSpeed restores from its own global_step* folder) ----
 
