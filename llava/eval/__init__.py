@@ -1,0 +1,1 @@
+"""Evaluation entry points (one-shot query, benchmark generators and scorers)."""

@@ -1,0 +1,1 @@
+"""Interactive serving: the CLI chat and the shared prompt/generation helpers."""
