@@ -43,8 +43,13 @@ def stop_string(conv: Conversation) -> str | None:
 
 
 def prompt_ids(conv: Conversation, tokenizer: Any) -> torch.Tensor:
-    """(1, L) ids of ``conv``'s prompt with -200 at each image."""
-    return tokenizer_image_token(conv.get_prompt(tokenizer), tokenizer, return_tensors="pt").unsqueeze(0)
+    """(1, L) ids of ``conv``'s prompt with -200 at each image.
+
+    A tokenizer chat template adds its own special tokens, so none are added then (as in training).
+    """
+    templated = conv.sep_style == SeparatorStyle.TEMPLATE
+    return tokenizer_image_token(conv.get_prompt(tokenizer), tokenizer, return_tensors="pt",
+                                 add_special_tokens=not templated).unsqueeze(0)
 
 
 def generate_reply(
