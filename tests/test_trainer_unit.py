@@ -53,6 +53,13 @@ def test_upstream_defaults(tmp_path):
     assert t.freeze_mm_mlp_adapter is False and t.lora_weight_path == ""
 
 
+def test_upstream_aliases_for_renamed_flags(tmp_path):
+    _, _, t = _parse(tmp_path, "--warmup_ratio", "0.03", "--evaluation_strategy", "no")
+    assert t.warmup_steps == 0.03 and str(getattr(t.eval_strategy, "value", t.eval_strategy)) == "no"
+    with pytest.raises(ValueError, match="--warmup_ratio and --warmup_steps are both set"):
+        _parse(tmp_path, "--warmup_ratio", "0.03", "--warmup_steps", "5")
+
+
 def test_runtime_data_fields_are_not_flags():
     names = {f.name for f in dataclasses.fields(DataArguments) if f.init}
     assert "image_processor" not in names and "conv_version" not in names

@@ -92,6 +92,22 @@ class TrainingArguments(transformers.TrainingArguments):
     lora_bias: str = "none"
     mm_projector_lr: float | None = None
     group_by_modality_length: bool = field(default=False)
+    # Upstream scripts' flags that transformers 5 renamed; accepted and mapped onto the new names.
+    warmup_ratio: float | None = field(
+        default=None, metadata={"help": "Upstream alias: warm up over this fraction of the steps."}
+    )
+    evaluation_strategy: str | None = field(default=None, metadata={"help": "Upstream alias: eval_strategy."})
+
+    def __post_init__(self) -> None:
+        if self.warmup_ratio is not None:
+            if not 0.0 <= self.warmup_ratio < 1.0:
+                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
+            if self.warmup_steps:
+                raise ValueError("--warmup_ratio and --warmup_steps are both set; pass only one.")
+            self.warmup_steps = self.warmup_ratio
+        if self.evaluation_strategy is not None:
+            self.eval_strategy = self.evaluation_strategy
+        super().__post_init__()
 
 
 def _choice(flag: str, value: Any, valid: tuple[Any, ...]) -> None:

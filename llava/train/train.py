@@ -210,12 +210,28 @@ def _setup_logging(training_args: TrainingArguments) -> None:
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
 
 
+def init_distributed(training_args: TrainingArguments) -> None:
+    """Set up the process group before the model is built.
+
+    ZeRO-3 partitions parameters while ``from_pretrained`` runs (``deepspeed.zero.Init``), which
+    needs DeepSpeed's communication layer already up. On GPUs accelerate does this when the
+    training arguments resolve their device; with ``--use_cpu`` it only starts ``torch.distributed``,
+    so DeepSpeed's layer is started here (a no-op when it is already running).
+    """
+    _ = training_args.device  # resolves the distributed state (starts torch.distributed when launched)
+    if training_args.deepspeed:
+        import deepspeed
+
+        deepspeed.init_distributed()
+
+
 def train(attn_implementation: str | None = None) -> None:
     """Parse the command line and run one training stage (pretrain, finetune, LoRA ...)."""
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses()
     validate_args(model_args, data_args, training_args)
     _setup_logging(training_args)
+    init_distributed(training_args)
 
     model = load_model(model_args, training_args, attn_implementation)
     model.config.use_cache = False
@@ -252,6 +268,14 @@ def train(attn_implementation: str | None = None) -> None:
     model.config.use_cache = True
     trainer.save_model(training_args.output_dir)
     _report_skips(data_module.get("train_dataset"), training_args)
+    _shutdown_distributed()
+
+
+def _shutdown_distributed() -> None:
+    """Wait for every rank to finish saving, then tear the process group down cleanly."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def _report_skips(dataset: Any, training_args: TrainingArguments) -> None:
