@@ -22,7 +22,13 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import llava.model  # noqa: F401  (registers the llava_* model types with the Auto classes)
 
-from .checkpoints import MM_PROJECTOR_FILE, NON_LORA_FILE, load_mm_projector, load_weights_file
+from .checkpoints import (
+    MM_PROJECTOR_FILE,
+    NON_LORA_FILE,
+    load_mm_projector,
+    load_projector_addons,
+    load_weights_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +144,7 @@ def load_pretrained_model(
         tokenizer = AutoTokenizer.from_pretrained(model_path if _has_tokenizer(model_path) else base)
         model = AutoModelForCausalLM.from_pretrained(base, config=cfg, **load_kwargs)
         load_mm_projector(model.get_model().mm_projector, Path(model_path) / MM_PROJECTOR_FILE)
+        load_projector_addons(model.get_model(), Path(model_path) / MM_PROJECTOR_FILE)
     else:
         tokenizer = AutoTokenizer.from_pretrained(model_path if _has_tokenizer(model_path) else model_base)
         model = AutoModelForCausalLM.from_pretrained(model_path, **load_kwargs)

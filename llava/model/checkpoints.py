@@ -112,3 +112,30 @@ def load_mm_projector(projector: nn.Module, path: str | os.PathLike) -> None:
     """Load an upstream ``mm_projector.bin`` into ``projector`` (keys stripped up to ``mm_projector.``)."""
     state = strip_to(load_weights_file(path), "mm_projector.")
     load_module_state(projector, state, f"mm_projector weights {path}")
+
+
+PROJECTOR_ADDON_MODULES = ("mm_projector_norm",)
+"""Trainable add-on modules saved next to the projector in ``mm_projector.bin`` (own key prefixes)."""
+
+
+def load_projector_addons(base_model: nn.Module, path: str | os.PathLike) -> list[str]:
+    """Load every add-on module the model has (e.g. ``mm_projector_norm``) from a projector file.
+
+    Returns the names loaded. A module the model has but the file lacks is an error: the file
+    was trained without that flag.
+    """
+    state = load_weights_file(path)
+    loaded = []
+    for name in PROJECTOR_ADDON_MODULES:
+        module = getattr(base_model, name, None)
+        if module is None:
+            continue
+        sub = strip_to(state, f"{name}.")
+        if not sub:
+            raise ValueError(
+                f"{path} has no weights for {name}: it was saved without the flag that creates it. "
+                "Drop the flag or point --pretrain_mm_mlp_adapter at a projector trained with it."
+            )
+        load_module_state(module, sub, f"{name} weights {path}")
+        loaded.append(name)
+    return loaded

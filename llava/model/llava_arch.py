@@ -18,7 +18,10 @@ from llava.constants import (
     DEFAULT_IMAGE_PATCH_TOKEN,
 )
 
-from .checkpoints import load_mm_projector
+from .addons import compression, coordinates, interleave, normalize, rope2d
+from .addons.layout import BlockLayout, grid_layout
+from .addons.setup import configure_addons, install_modules, output_side, projector_input_width
+from .checkpoints import load_mm_projector, load_projector_addons
 from .multimodal_encoder.builder import build_vision_tower
 from .multimodal_projector.builder import build_vision_projector
 from .multimodal_splice import SpliceResult, splice_image_features
@@ -32,6 +35,7 @@ class LlavaMetaModel:
         if getattr(config, "mm_vision_tower", None):
             self.vision_tower = build_vision_tower(config, delay_load=True)
             self.mm_projector = build_vision_projector(config)
+            install_modules(self)
 
     def get_vision_tower(self) -> nn.Module | None:
         tower = getattr(self, "vision_tower", None)
@@ -51,10 +55,13 @@ class LlavaMetaModel:
 
         self.config.use_mm_proj = True
         self.config.mm_projector_type = getattr(model_args, "mm_projector_type", "linear")
-        self.config.mm_hidden_size = tower.hidden_size
         self.config.mm_vision_select_layer = model_args.mm_vision_select_layer
         self.config.mm_vision_select_feature = getattr(model_args, "mm_vision_select_feature", "patch")
         self.config.mm_patch_merge_type = getattr(model_args, "mm_patch_merge_type", "flat")
+        configure_addons(self.config, model_args, tower, self.embed_tokens.weight)
+        tower.configure_features(self.config)
+        self.config.mm_hidden_size = projector_input_width(self.config, tower.hidden_size)
+        install_modules(self)
 
         if getattr(self, "mm_projector", None) is None:
             self.mm_projector = build_vision_projector(self.config)
@@ -65,6 +72,16 @@ class LlavaMetaModel:
         adapter = getattr(model_args, "pretrain_mm_mlp_adapter", None)
         if adapter:
             load_mm_projector(self.mm_projector, adapter)
+            load_projector_addons(self, adapter)
+
+
+    def projector_modules(self) -> list[nn.Module]:
+        """The projector plus the trainable add-on modules that travel with it (``mm_projector.bin``)."""
+        from .checkpoints import PROJECTOR_ADDON_MODULES
+
+        mods = [self.mm_projector]
+        mods += [getattr(self, n) for n in PROJECTOR_ADDON_MODULES if getattr(self, n, None) is not None]
+        return mods
 
 
 class LlavaMetaForCausalLM:
@@ -77,9 +94,33 @@ class LlavaMetaForCausalLM:
         return self.get_model().get_vision_tower()
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) pixels -> (N, T, hidden) projected image tokens."""
-        feats = self.get_model().get_vision_tower()(images)
-        return self.get_model().mm_projector(feats)
+        """(N, 3, H, W) pixels -> (N, T, hidden) image tokens (upstream's signature)."""
+        return self.encode_image_blocks(images)[0]
+
+    def encode_image_blocks(self, images: torch.Tensor) -> tuple[torch.Tensor, BlockLayout]:
+        """The vision seam, in order: tower (layer pick / multi-layer concat) -> + coordinates ->
+        projector -> normalization -> compression -> interleaved coordinate tokens.
+
+        Returns the (N, T', hidden) blocks that replace the placeholders and their layout.
+        """
+        model, config = self.get_model(), self.config
+        tower = model.get_vision_tower()
+        has_cls = tower.select_feature == "cls_patch"
+        side = tower.num_patches_per_side
+        feats = tower(images)
+        if coordinates.enabled(config):
+            feats = coordinates.append(feats, side, has_cls)
+        tokens = model.mm_projector(feats)
+        if normalize.enabled(config):
+            tokens = model.mm_projector_norm(tokens)
+        if compression.enabled(config):
+            side = output_side(config, side)
+            tokens = compression.compress(tokens, side, config.mm_compression_mode)
+        layout = grid_layout(side, has_cls=has_cls, device=tokens.device)
+        if interleave.enabled(config):
+            tokens, layout = interleave.build_block(tokens, layout, config.mm_interleave_coord_ids,
+                                                    config.interleave_sparsity, model.embed_tokens)
+        return tokens, layout
 
     @staticmethod
     def _stack_images(images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
@@ -111,7 +152,7 @@ class LlavaMetaForCausalLM:
         cfg = self.get_vision_tower().config
         blank = torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=inputs_embeds.device,
                             dtype=inputs_embeds.dtype)
-        return inputs_embeds + 0.0 * self.encode_images(blank).sum()
+        return inputs_embeds + 0.0 * self.encode_image_blocks(blank)[0].sum()
 
     def prepare_multimodal_splice(
         self,
@@ -127,14 +168,14 @@ class LlavaMetaForCausalLM:
         self._check_image_size(images)
         embed = self.get_model().embed_tokens
         if images.shape[0]:
-            feats = self.encode_images(images)
+            feats, layout = self.encode_image_blocks(images)
         else:
-            feats = embed.weight.new_zeros(0, 1, embed.weight.shape[1])
+            feats, layout = embed.weight.new_zeros(0, 1, embed.weight.shape[1]), None
         side = padding_side or getattr(self.config, "tokenizer_padding_side", "right")
         return splice_image_features(
             input_ids, attention_mask, labels, feats, embed,
             max_length=getattr(self.config, "tokenizer_model_max_length", None),
-            padding_side=side,
+            padding_side=side, layout=layout, two_d=rope2d.enabled(self.config),
         )
 
     def prepare_inputs_labels_for_multimodal(
@@ -158,7 +199,13 @@ class LlavaMetaForCausalLM:
         return None, res.position_ids, res.attention_mask, past_key_values, res.inputs_embeds, res.labels
 
     def initialize_vision_tokenizer(self, model_args: Any, tokenizer: Any) -> None:
-        """Add ``<im_patch>`` / ``<im_start>`` ``<im_end>`` tokens when the flags ask for them."""
+        """Add ``<im_patch>`` / ``<im_start>`` ``<im_end>`` tokens when the flags ask for them.
+
+        With ``--interleave`` also records the coordinate strings' token ids in the config.
+        """
+        if interleave.enabled(self.config):
+            tower = self.get_vision_tower()
+            interleave.configure_tokens(self.config, tokenizer, output_side(self.config, tower.num_patches_per_side))
         if getattr(model_args, "mm_use_im_patch_token", False):
             tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
             self.resize_token_embeddings(len(tokenizer))

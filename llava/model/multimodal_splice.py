@@ -17,6 +17,8 @@ from torch import nn
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
+from .addons.layout import BlockLayout
+
 
 @dataclass
 class SpliceResult:
@@ -25,9 +27,10 @@ class SpliceResult:
     inputs_embeds: torch.Tensor
     attention_mask: torch.Tensor
     position_ids: torch.Tensor
+    """(B, L_new), or (2, B, L_new) row/column streams when 2D RoPE is on."""
     labels: torch.Tensor | None
     image_mask: torch.Tensor
-    """True where an image feature was written."""
+    """True where an image feature was written (inserted coordinate tokens excluded)."""
     image_index: torch.Tensor
     """(N, T) destination column of each image token in the output, -1 where truncated away."""
     image_batch_index: torch.Tensor
@@ -50,10 +53,14 @@ def splice_image_features(
     embed_tokens: nn.Module,
     max_length: int | None = None,
     padding_side: str = "right",
+    layout: BlockLayout | None = None,
+    two_d: bool = False,
 ) -> SpliceResult:
     """Replace each image placeholder by the features of one image; see the module docstring.
 
     ``image_features`` is (N, T, D) with N equal to the number of placeholders in the batch.
+    ``layout`` describes the T block tokens (grid cells, which are real features); with
+    ``two_d`` the position ids are (2, B, L) row/column streams for 2D RoPE.
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
@@ -111,9 +118,26 @@ def splice_image_features(
         flat.index_copy_(0, (i_rows * out_len + i_dest)[i_keep], feats[i_keep])
 
     embeds = flat.view(bsz, out_len, hidden)
-    position_ids = ((cols - offset.unsqueeze(1)) * new_mask).long()
-    image_mask = torch.zeros(bsz, out_len, dtype=torch.bool, device=device)
-    image_mask[i_rows[i_keep], i_dest[i_keep]] = True
+
+    # Positions: text advances the counter by 1, an image block by layout.advance(); block tokens
+    # sit at start + offset (row and column streams; identical streams unless two_d).
+    if layout is None:
+        ar = torch.arange(n_tokens, device=device)
+        offsets, advance, is_feature = torch.stack([ar, ar]), n_tokens, torch.ones(n_tokens, dtype=torch.bool,
+                                                                                   device=device)
+    else:
+        offsets, advance, is_feature = layout.position_offsets(two_d), layout.advance(two_d), layout.is_feature
+    pos_width = torch.where(is_img, advance, valid.long())
+    pos_start = pos_width.cumsum(dim=1) - pos_width
+    pos = torch.zeros(2, bsz * out_len, dtype=torch.long, device=device)
+    pos[:, tb * out_len + t_dest] = pos_start[tb, tt]
+    img_pos = pos_start[ib, it].view(1, -1, 1) + offsets.to(device).unsqueeze(1)
+    i_flat = i_rows * out_len + i_dest
+    pos[:, i_flat[i_keep]] = img_pos[:, i_keep]
+    position_ids = pos.view(2, bsz, out_len) if two_d else pos[0].view(bsz, out_len)
+    image_mask = torch.zeros(bsz * out_len, dtype=torch.bool, device=device)
+    image_mask[i_flat[i_keep]] = is_feature.to(device).unsqueeze(0).expand_as(i_keep)[i_keep]
+    image_mask = image_mask.view(bsz, out_len)
 
     new_labels = None
     if labels is not None:

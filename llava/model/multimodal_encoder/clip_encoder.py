@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
+from ..addons import multilayer
+
 VALID_SELECT_FEATURES = ("patch", "cls_patch")
 
 
@@ -24,6 +26,7 @@ class CLIPVisionTower(nn.Module):
         self.vision_tower_name = vision_tower
         self.select_layer: int = getattr(args, "mm_vision_select_layer", -2)
         self.select_feature: str = getattr(args, "mm_vision_select_feature", "patch")
+        self.configure_features(args)
         if self.select_feature not in VALID_SELECT_FEATURES:
             raise ValueError(
                 f"mm_vision_select_feature={self.select_feature!r} is not supported; "
@@ -33,6 +36,15 @@ class CLIPVisionTower(nn.Module):
             self.load_model()
         else:
             self.cfg_only = CLIPVisionConfig.from_pretrained(self.vision_tower_name)
+
+    def configure_features(self, args: Any) -> None:
+        """Read the multi-layer settings (``use_multilayer_features`` ...) from a config or arguments."""
+        self.multilayer_select: list[int] | None = None
+        self.multilayer_post_norm = False
+        if multilayer.enabled(args):
+            self.multilayer_select = multilayer.parse_layers(
+                getattr(args, "mm_multilayer_select", multilayer.DEFAULT_LAYERS))
+            self.multilayer_post_norm = bool(getattr(args, "mm_multilayer_post_norm", False))
 
     def load_model(self, device_map: Any = None) -> None:
         """Load processor and weights (once); the tower is frozen."""
@@ -44,8 +56,12 @@ class CLIPVisionTower(nn.Module):
         self.is_loaded = True
 
     def feature_select(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """Pick ``select_layer`` and drop the CLS token unless ``cls_patch``."""
-        feats = hidden_states[self.select_layer]
+        """Pick ``select_layer`` (or concatenate the multi-layer picks); drop CLS unless ``cls_patch``."""
+        if self.multilayer_select is not None:
+            post = self.vision_tower.vision_model.post_layernorm if self.multilayer_post_norm else None
+            feats = multilayer.select(hidden_states, self.multilayer_select, post)
+        else:
+            feats = hidden_states[self.select_layer]
         if self.select_feature == "patch":
             feats = feats[:, 1:]
         return feats

@@ -1,0 +1,73 @@
+"""``--interleave --interleave_sparsity k``: insert "row,col" coordinate tokens into each image block.
+
+After every k-th image token (k = 1: after each) the embeddings of the tokenized string
+``f"{row},{col}"`` of that token's grid cell are inserted. They are unsupervised (label -100),
+count toward ``model_max_length`` and, under 2D RoPE, share the grid cell of the token they
+follow. The token ids per cell are computed once from the tokenizer and stored in the config
+(``mm_interleave_coord_ids``), so a checkpoint rebuilds the same blocks without a tokenizer.
+The reference implementation never passed k on; here it is used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .layout import BlockLayout
+
+
+def enabled(config: Any) -> bool:
+    return bool(getattr(config, "interleave", False))
+
+
+def validate_sparsity(k: int | None) -> int:
+    if k is None or int(k) < 1:
+        raise ValueError(
+            f"--interleave_sparsity {k} is not valid: it is the number of image tokens between two inserted "
+            "coordinate strings and must be an integer >= 1 (1 = after every image token)."
+        )
+    return int(k)
+
+
+def configure(config: Any, sparsity: int) -> None:
+    config.interleave = True
+    config.interleave_sparsity = validate_sparsity(sparsity)
+
+
+def coordinate_token_ids(tokenizer: Any, side: int) -> list[list[int]]:
+    """Token ids of "r,c" for every cell of a ``side`` x ``side`` grid (row-major)."""
+    return [tokenizer(f"{r},{c}", add_special_tokens=False).input_ids for r in range(side) for c in range(side)]
+
+
+def configure_tokens(config: Any, tokenizer: Any, side: int) -> None:
+    config.mm_interleave_coord_ids = coordinate_token_ids(tokenizer, side)
+
+
+def build_block(features: torch.Tensor, base: BlockLayout, coord_ids: list[list[int]], sparsity: int,
+                embed_tokens: nn.Module) -> tuple[torch.Tensor, BlockLayout]:
+    """(N, T, D) features -> (N, T', D) blocks with coordinate embeddings inserted, plus their layout."""
+    device = features.device
+    t = features.shape[1]
+    if len(coord_ids) != t:
+        raise ValueError(
+            f"interleave: the config has coordinate ids for {len(coord_ids)} cells but images have {t} tokens; "
+            "the grid changed since the ids were computed (re-run initialize_vision_tokenizer)."
+        )
+    feat_index: list[int] = []
+    token_ids: list[int] = []
+    for j in range(t):
+        feat_index.append(j)
+        token_ids.append(0)
+        if (j + 1) % sparsity == 0:
+            feat_index += [j] * len(coord_ids[j])
+            token_ids += coord_ids[j]
+    src = torch.tensor(feat_index, device=device)
+    ids = torch.tensor(token_ids, device=device)
+    is_feature = torch.ones(len(feat_index), dtype=torch.bool, device=device)
+    is_feature[1:] = src[1:] != src[:-1]
+    coord_embeds = embed_tokens(ids).to(features.dtype)
+    blocks = torch.where(is_feature.view(1, -1, 1), features[:, src], coord_embeds.unsqueeze(0))
+    layout = BlockLayout(rows=base.rows[src], cols=base.cols[src], is_feature=is_feature, side=base.side)
+    return blocks, layout
