@@ -1,0 +1,1 @@
+"""Dataset tooling: the dataset doctor (``python -m llava.data.doctor``)."""
