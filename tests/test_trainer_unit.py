@@ -317,3 +317,21 @@ def test_lora_save_writes_non_lora_and_resume_restores(tiny_llava, tmp_path):
             p.mul_(0.0)
     trainer._load_from_checkpoint(str(ckpt))
     assert all(torch.equal(a, b) for a, b in zip(before, proj.parameters()))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "llava/model: a text-only training batch embeds tokens before running tower+projector "
+    "(_keep_vision_in_graph), an image batch runs them after; under ZeRO-3 two ranks with different "
+    "batch kinds then all-gather parameters in different orders and the collective fails. "
+    "Remove this xfail and add text-only samples to the e2e finetune data once fixed."))
+def test_text_only_batch_uses_image_batch_module_order(tiny_llava):
+    from llava.constants import IMAGE_TOKEN_INDEX
+
+    order: list[str] = []
+    tiny_llava.get_model().embed_tokens.register_forward_pre_hook(lambda *a: order.append("embed"))
+    tiny_llava.get_model().mm_projector.register_forward_pre_hook(lambda *a: order.append("projector"))
+    ids = torch.tensor([[1, IMAGE_TOKEN_INDEX, 5, 6]])
+    tiny_llava(input_ids=ids, labels=ids.clamp(min=0), images=torch.zeros(1, 3, 32, 32))
+    image_order, order[:] = list(order), []
+    tiny_llava(input_ids=torch.tensor([[1, 5, 6]]), labels=torch.tensor([[1, 5, 6]]))
+    assert order == image_order

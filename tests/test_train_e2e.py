@@ -1,0 +1,189 @@
+"""End-to-end: the real v1.5 stage scripts under DeepSpeed on 2 CPU processes with tiny models.
+
+pretrain.sh (ZeRO-2, projector only) -> finetune.sh (ZeRO-3, killed after a checkpoint and rerun:
+it resumes) -> load_pretrained_model + generate; finetune_lora.sh (ZeRO-3) -> rerun resumes and
+keeps the projector -> merge_lora_weights.py -> load + generate. Kept tiny: a few steps each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers_data import write_shapes_dataset
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECTOR_KEYS = sorted(f"model.mm_projector.{i}.{w}" for i in (0, 2) for w in ("weight", "bias"))
+STAGE_TIMEOUT_S = 420
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stage_env(**overrides: object) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(DEVICE="cpu", NUM_GPUS="2", NUM_WORKERS="0", MODEL_MAX_LENGTH="256", REPORT_TO="none",
+               BATCH_SIZE="4", GRAD_ACCUM="1", SAVE_TOTAL_LIMIT="1", OMP_NUM_THREADS="1",
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               MASTER_PORT=str(_free_port()))
+    env.update({k: str(v) for k, v in overrides.items()})
+    return env
+
+
+def _start(script: str, log: Path, **overrides: object) -> subprocess.Popen:
+    cmd = ["bash", str(REPO / "scripts" / "v1_5" / script)]
+    return subprocess.Popen(cmd, cwd=REPO, env=_stage_env(**overrides), stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _run(script: str, log: Path, **overrides: object) -> str:
+    proc = _start(script, log, **overrides)
+    try:
+        rc = proc.wait(timeout=STAGE_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert rc == 0, f"{script} failed (rc={rc}); log tail:\n{text[-4000:]}"
+    return text
+
+
+def _losses(output_dir: Path) -> list[float]:
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    return [h["loss"] for h in state["log_history"] if "loss" in h]
+
+
+def _global_step(output_dir: Path) -> int:
+    return json.loads((output_dir / "trainer_state.json").read_text())["global_step"]
+
+
+def _generate(model_path: str, image: str) -> str:
+    from PIL import Image
+
+    from llava.constants import IMAGE_TOKEN_INDEX
+    from llava.mm_utils import tokenizer_image_token
+    from llava.model.builder import load_pretrained_model
+
+    tokenizer, model, processor, _ = load_pretrained_model(model_path, None, None, device="cpu")
+    pixels = processor(images=Image.open(image).convert("RGB"), return_tensors="pt")["pixel_values"]
+    prompt = "USER: <image>\nWhat shape is in the image? ASSISTANT:"
+    ids = tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt").unsqueeze(0)
+    out = model.generate(ids, images=pixels, max_new_tokens=6, do_sample=False)
+    assert out.shape[0] == 1 and out.shape[1] >= 1
+    return tokenizer.decode(out[0], skip_special_tokens=True)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="module")
+def data(workdir):
+    # Image-only finetune data: see test_trainer_unit.py::test_text_only_batch_uses_image_batch_module_order.
+    return write_shapes_dataset(workdir / "data", n=32, text_only=0)
+
+
+@pytest.fixture(scope="module")
+def base_env(tiny_llama, tiny_clip, data):
+    return dict(MODEL_NAME=tiny_llama, VISION_TOWER=tiny_clip, IMAGE_FOLDER=data.image_folder)
+
+
+@pytest.fixture(scope="module")
+def pretrained(workdir, base_env, data) -> Path:
+    out = workdir / "pretrain"
+    _run("pretrain.sh", workdir / "pretrain.log", **base_env, DATA_PATH=data.pretrain_json, OUTPUT_DIR=out,
+         MAX_STEPS=6, SAVE_STEPS=3, LR=1e-2)
+    return out
+
+
+def test_pretrain_writes_upstream_projector(pretrained):
+    losses = _losses(pretrained)
+    assert len(losses) == 6 and losses[-1] < losses[0], losses
+    state = torch.load(pretrained / "mm_projector.bin", weights_only=True)
+    assert sorted(state) == PROJECTOR_KEYS
+    assert json.loads((pretrained / "config.json").read_text())["mm_projector_type"] == "mlp2x_gelu"
+    assert not (pretrained / "model.safetensors").exists()
+    ckpt = pretrained / "checkpoint-6"
+    assert sorted(torch.load(ckpt / "mm_projector.bin", weights_only=True)) == PROJECTOR_KEYS
+    assert (ckpt / "trainer_state.json").exists() and (ckpt / "global_step6").is_dir()  # resumable
+
+
+def test_finetune_killed_then_resumed_loads_and_generates(workdir, pretrained, base_env, data):
+    out = workdir / "finetune"
+    env = dict(base_env, DATA_PATH=data.finetune_json, OUTPUT_DIR=out, MAX_STEPS=8, SAVE_STEPS=3, LR=2e-3,
+               PRETRAIN_MM_MLP_ADAPTER=pretrained / "mm_projector.bin")
+    proc = _start("finetune.sh", workdir / "finetune_killed.log", **env)
+    marker = out / "checkpoint-3" / "trainer_state.json"
+    deadline = time.monotonic() + STAGE_TIMEOUT_S
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    finished_early = proc.poll() is not None
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert marker.exists() and not finished_early, (workdir / "finetune_killed.log").read_text()[-4000:]
+    assert not (out / "model.safetensors").exists()  # really stopped before the end
+
+    log = _run("finetune.sh", workdir / "finetune_resumed.log", **env)
+    assert "resuming from" in log and "checkpoint-" in log
+    assert _global_step(out) == 8
+    losses = _losses(out)
+    assert losses[-1] < losses[0], losses
+    assert (out / "model.safetensors").exists()
+    text = _generate(str(out), str(Path(data.image_folder) / "000.png"))
+    assert isinstance(text, str)
+
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "extract_mm_projector.py"), "--model-path",
+                          str(out), "--output", str(workdir / "extracted.bin")],
+                         cwd=REPO, env=_stage_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert sorted(torch.load(workdir / "extracted.bin", weights_only=True)) == PROJECTOR_KEYS
+
+
+def test_lora_resume_keeps_projector_then_merge(workdir, pretrained, base_env, data, tiny_llama):
+    out = workdir / "lora"
+    env = dict(base_env, DATA_PATH=data.finetune_json, OUTPUT_DIR=out, MAX_STEPS=4, SAVE_STEPS=2, LR=2e-3,
+               MM_PROJECTOR_LR=1e-3, LORA_R=8, LORA_ALPHA=16,
+               PRETRAIN_MM_MLP_ADAPTER=pretrained / "mm_projector.bin")
+    _run("finetune_lora.sh", workdir / "lora.log", **env)
+    losses = _losses(out)
+    assert len(losses) == 4 and losses[-1] < losses[0], losses
+    ckpt = out / "checkpoint-4"
+    for folder in (ckpt, out):
+        names = {p.name for p in folder.iterdir()}
+        assert {"adapter_config.json", "non_lora_trainables.bin", "config.json"} <= names
+    at_ckpt = torch.load(ckpt / "non_lora_trainables.bin", weights_only=True)
+    pre = torch.load(pretrained / "mm_projector.bin", weights_only=True)
+    proj_key = "base_model.model.model.mm_projector.0.weight"
+    assert not torch.equal(at_ckpt[proj_key], pre["model.mm_projector.0.weight"])  # the projector trained
+
+    # Rerun the same command: it resumes from checkpoint-4 with nothing left to do, and the projector it
+    # saves must be the trained one from the checkpoint, not the stage-1 projector it starts from.
+    log = _run("finetune_lora.sh", workdir / "lora_rerun.log", **env)
+    assert f"resuming from {ckpt}" in log
+    assert _global_step(out) == 4
+    resumed = torch.load(out / "non_lora_trainables.bin", weights_only=True)
+    assert sorted(resumed) == sorted(at_ckpt)
+    assert all(torch.equal(resumed[k], at_ckpt[k]) for k in at_ckpt)
+
+    merged = workdir / "merged"
+    cmd = [sys.executable, str(REPO / "scripts" / "merge_lora_weights.py"),
+           "--model-path", str(out), "--model-base", tiny_llama, "--save-model-path", str(merged)]
+    res = subprocess.run(cmd, cwd=REPO, env=_stage_env(), capture_output=True, text=True,
+                         timeout=STAGE_TIMEOUT_S)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    assert (merged / "model.safetensors").exists() and not (merged / "adapter_config.json").exists()
+    assert isinstance(_generate(str(merged), str(Path(data.image_folder) / "001.png")), str)
