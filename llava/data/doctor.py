@@ -94,11 +94,20 @@ class ImageReport:
     error: str | None
 
 
+def _has_jpeg_end(path: str | os.PathLike, tail: int = 4096) -> bool:
+    """Whether the JPEG end-of-image marker (FF D9) is in the file's last ``tail`` bytes."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - tail))
+        return b"\xff\xd9" in f.read()
+
+
 def inspect_image(path: str | os.PathLike, decode: bool = True) -> ImageReport:
     """Open ``path`` with PIL; decode it fully the way training does (``decode``) or only ``verify()`` it.
 
     Never raises for bad image content: the problem is returned as ``error``. ``FileNotFoundError``
-    is reported as ``"missing"``.
+    is reported as ``"missing"``. Without ``decode``, JPEGs are also checked for their end marker
+    (``verify()`` alone does not notice a truncated JPEG).
     """
     fmt = None
     try:
@@ -108,6 +117,8 @@ def inspect_image(path: str | os.PathLike, decode: bool = True) -> ImageReport:
                 image.verify()
         if decode:
             load_image(path)
+        elif fmt == "JPEG" and not _has_jpeg_end(path):
+            return ImageReport(fmt, "JPEG end-of-image marker missing near the end of the file (truncated download?)")
     except FileNotFoundError:
         return ImageReport(None, "missing")
     except _IMAGE_ERRORS as err:
