@@ -335,3 +335,59 @@ def test_text_only_batch_uses_image_batch_module_order(tiny_llava):
     image_order, order[:] = list(order), []
     tiny_llava(input_ids=torch.tensor([[1, 5, 6]]), labels=torch.tensor([[1, 5, 6]]))
     assert order == image_order
+
+
+# ---- stage scripts (dry run through a fake launcher) ----
+
+def _dry_run(tmp_path, script: str, *args: str, **env: str) -> list[str]:
+    import subprocess
+    from pathlib import Path
+
+    fake = tmp_path / "fake_launcher.sh"
+    fake.write_text('#!/usr/bin/env bash\necho "DS_ACCELERATOR=${DS_ACCELERATOR:-}"\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    repo = Path(__file__).resolve().parents[1]
+    full_env = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}  # no stray stage variables
+    full_env.update(LAUNCHER=str(fake), **env)
+    res = subprocess.run(["bash", str(repo / "scripts" / "v1_5" / script), *args], env=full_env,
+                         capture_output=True, text=True, timeout=30, check=True)
+    return res.stdout.splitlines()
+
+
+def _flag(argv: list[str], name: str) -> str:
+    return argv[len(argv) - 1 - argv[::-1].index(name) + 1]  # last occurrence wins, like argparse
+
+
+@pytest.mark.parametrize("script", ["pretrain.sh", "finetune.sh", "finetune_lora.sh", "finetune_task.sh",
+                                    "finetune_task_lora.sh"])
+def test_stage_scripts_cpu_mode_and_overrides(tmp_path, script):
+    out = _dry_run(tmp_path, script, "--learning_rate", "7e-7", DEVICE="cpu", NUM_GPUS="2",
+                   HOSTFILE="/etc/hostfile", BATCH_SIZE="3", OUTPUT_DIR="/tmp/o", VISION_TOWER="/tmp/clip")
+    assert out[0] == "DS_ACCELERATOR=cpu"
+    argv = out[1:]
+    assert argv[:4] == ["--hostfile", "/etc/hostfile", "--num_gpus", "2"]
+    assert argv[4].endswith("llava/train/train_mem.py")
+    assert _flag(argv, "--use_cpu") == "True" and "--bf16" not in argv and "--tf32" not in argv
+    assert _flag(argv, "--per_device_train_batch_size") == "3" and _flag(argv, "--output_dir") == "/tmp/o"
+    assert _flag(argv, "--vision_tower") == "/tmp/clip" and _flag(argv, "--learning_rate") == "7e-7"
+    assert _flag(argv, "--mm_projector_type") == "mlp2x_gelu"
+    assert _flag(argv, "--mm_vision_select_layer") == "-2"
+
+
+def test_stage_script_recipes_on_gpu(tmp_path):
+    pre = _dry_run(tmp_path, "pretrain.sh")[1:]
+    assert "--num_gpus" not in pre and "--hostfile" not in pre
+    assert (_flag(pre, "--bf16"), _flag(pre, "--tf32")) == ("True", "True")
+    assert _flag(pre, "--deepspeed").endswith("scripts/zero2.json") and _flag(pre, "--version") == "plain"
+    assert (_flag(pre, "--per_device_train_batch_size"), _flag(pre, "--learning_rate")) == ("32", "1e-3")
+    assert _flag(pre, "--tune_mm_mlp_adapter") == "True"
+    assert _flag(pre, "--output_dir") == "./checkpoints/llava-v1.5-13b-pretrain"
+    ft = _dry_run(tmp_path, "finetune.sh")[1:]
+    assert _flag(ft, "--deepspeed").endswith("scripts/zero3.json") and _flag(ft, "--version") == "v1"
+    assert (_flag(ft, "--per_device_train_batch_size"), _flag(ft, "--learning_rate")) == ("16", "2e-5")
+    assert _flag(ft, "--pretrain_mm_mlp_adapter") == "./checkpoints/llava-v1.5-13b-pretrain/mm_projector.bin"
+    assert (_flag(ft, "--image_aspect_ratio"), _flag(ft, "--group_by_modality_length")) == ("pad", "True")
+    lora = _dry_run(tmp_path, "finetune_lora.sh")[1:]
+    assert (_flag(lora, "--lora_r"), _flag(lora, "--lora_alpha"), _flag(lora, "--mm_projector_lr")) == (
+        "128", "256", "2e-5")
+    assert _flag(lora, "--learning_rate") == "2e-4"

@@ -164,7 +164,7 @@ def setup_vision(model: Any, tokenizer: Any, model_args: ModelArguments, data_ar
     data_args.image_processor = tower.image_processor
     data_args.is_multimodal = True
     data_args.mm_use_im_start_end = model_args.mm_use_im_start_end
-    data_args.num_image_tokens = getattr(tower, "num_tokens", tower.num_patches)
+    data_args.num_image_tokens = image_tokens_per_sample(model.config, tower)
 
     config = model.config
     config.image_aspect_ratio = data_args.image_aspect_ratio
@@ -186,6 +186,13 @@ def setup_vision(model: Any, tokenizer: Any, model_args: ModelArguments, data_ar
     config.mm_projector_lr = training_args.mm_projector_lr
     config.mm_use_im_patch_token = model_args.mm_use_im_patch_token
     model.initialize_vision_tokenizer(model_args, tokenizer=tokenizer)
+
+
+def image_tokens_per_sample(config: Any, tower: Any) -> int:
+    """Tokens one image occupies in the LLM sequence (after any compression add-on)."""
+    from llava.model.addons.setup import tokens_per_image
+
+    return tokens_per_image(config, getattr(tower, "num_tokens", tower.num_patches))
 
 
 def find_resume_checkpoint(output_dir: str) -> str | None:
