@@ -177,19 +177,22 @@ def _check_placeholders(sample: dict[str, Any], index: int, sid: Any) -> list[di
 
 
 @functools.lru_cache(maxsize=2)
-def _load_tokenizer(path: str, model_max_length: int) -> Any:
-    """The tokenizer the trainer would build (slow tokenizer, right padding), once per process."""
+def _load_tokenizer(path: str) -> Any:
+    """The tokenizer the trainer would build (slow tokenizer, right padding), once per process.
+
+    ``model_max_length`` is left unset: lengths are compared here, against ``--model_max_length``,
+    without transformers' per-sequence "longer than the maximum" warning.
+    """
     from transformers import AutoTokenizer
 
     logging.getLogger("llava.train.preprocess").setLevel(logging.ERROR)  # mismatches are reported by us
-    return AutoTokenizer.from_pretrained(path, model_max_length=model_max_length, padding_side="right",
-                                         use_fast=False)
+    return AutoTokenizer.from_pretrained(path, padding_side="right", use_fast=False)
 
 
 def _check_tokens(sample: dict[str, Any], index: int, sid: Any, cfg: DoctorConfig) -> list[dict[str, Any]]:
     from llava.train.preprocess import BadSampleError, preprocess, preprocess_multimodal
 
-    tokenizer = _load_tokenizer(cfg.tokenizer, cfg.model_max_length)
+    tokenizer = _load_tokenizer(cfg.tokenizer)
     has_image = sample.get("image") is not None
     sources = [sample["conversations"]]
     if has_image:
@@ -379,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         get_conv_template(args.version)
         records = load_data_file(args.data_path)
-        _load_tokenizer(cfg.tokenizer, cfg.model_max_length)
+        _load_tokenizer(cfg.tokenizer)
     except (DataFileError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
