@@ -382,12 +382,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         get_conv_template(args.version)
         records = load_data_file(args.data_path)
-        _load_tokenizer(cfg.tokenizer)
     except (DataFileError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except OSError as err:
-        print(f"error: cannot load the tokenizer from --tokenizer {args.tokenizer!r}: {err}", file=sys.stderr)
+    try:
+        _load_tokenizer(cfg.tokenizer)
+    except (OSError, ValueError) as err:
+        print(f"error: cannot load the tokenizer from --tokenizer {args.tokenizer!r}: {err}. Pass the folder of "
+              "the model you will train (its --model_name_or_path).", file=sys.stderr)
         return 2
     n_images = sum(1 for s in records if isinstance(s, dict) and s.get("image") is not None)
     if n_images and not args.image_folder:
