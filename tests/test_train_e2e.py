@@ -93,8 +93,7 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(workdir):
-    # Image-only finetune data: see test_trainer_unit.py::test_text_only_batch_uses_image_batch_module_order.
-    return write_shapes_dataset(workdir / "data", n=32, text_only=0)
+    return write_shapes_dataset(workdir / "data", n=32)
 
 
 @pytest.fixture(scope="module")

@@ -319,11 +319,6 @@ def test_lora_save_writes_non_lora_and_resume_restores(tiny_llava, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(before, proj.parameters()))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "llava/model: a text-only training batch embeds tokens before running tower+projector "
-    "(_keep_vision_in_graph), an image batch runs them after; under ZeRO-3 two ranks with different "
-    "batch kinds then all-gather parameters in different orders and the collective fails. "
-    "Remove this xfail and add text-only samples to the e2e finetune data once fixed."))
 def test_text_only_batch_uses_image_batch_module_order(tiny_llava):
     from llava.constants import IMAGE_TOKEN_INDEX
 

@@ -143,16 +143,18 @@ class LlavaMetaForCausalLM:
                 "(llava.mm_utils.process_images)."
             )
 
-    def _keep_vision_in_graph(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
-        """Run tower + projector on one blank image and add 0 x result.
+    def embed_text_keeping_vision_in_graph(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Embed a text-only training batch, adding 0 x (tower + projector on one blank image).
 
-        Keeps every rank's autograd graph (and ZeRO-3 parameter gathering) identical when a
-        training batch holds no image at all.
+        Keeps every rank's autograd graph identical when a batch holds no image, and runs the
+        modules in the same order as an image batch (vision first, then the token embedding) so
+        ZeRO-3 gathers parameters in the same order on every rank.
         """
         cfg = self.get_vision_tower().config
-        blank = torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=inputs_embeds.device,
-                            dtype=inputs_embeds.dtype)
-        return inputs_embeds + 0.0 * self.encode_image_blocks(blank)[0].sum()
+        emb = self.get_model().embed_tokens
+        blank = torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=input_ids.device, dtype=emb.weight.dtype)
+        dummy = self.encode_image_blocks(blank)[0].sum()
+        return emb(input_ids) + 0.0 * dummy
 
     def prepare_multimodal_splice(
         self,

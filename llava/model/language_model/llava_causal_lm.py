@@ -68,7 +68,7 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
                     )
                 )
             elif self.training and self.get_vision_tower().is_loaded:
-                inputs_embeds = self._keep_vision_in_graph(self.get_model().embed_tokens(input_ids))
+                inputs_embeds = self.embed_text_keeping_vision_in_graph(input_ids)
                 input_ids = None
         return super().forward(
             input_ids=input_ids,
