@@ -191,7 +191,9 @@ class LlavaMetaForCausalLM:
         image_sizes: Any = None,
         padding_side: str | None = None,
     ) -> tuple[None, torch.Tensor | None, torch.Tensor | None, Any, torch.Tensor | None, torch.Tensor | None]:
-        """Upstream's signature: returns ``(None, position_ids, attention_mask, past_key_values, inputs_embeds, labels)``.
+        """Upstream's signature and return value.
+
+        Returns ``(None, position_ids, attention_mask, past_key_values, inputs_embeds, labels)``.
 
         Without a vision tower or images the inputs come back unchanged (``input_ids`` first).
         """

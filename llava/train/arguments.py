@@ -20,6 +20,8 @@ from typing import Any
 
 import transformers
 
+from llava.train.addon_args import AddonModelArguments
+
 VALID_IMAGE_ASPECT_RATIOS = ("square", "pad")
 VALID_SELECT_FEATURES = ("patch", "cls_patch")
 VALID_PATCH_MERGE_TYPES = ("flat",)
@@ -29,11 +31,16 @@ VALID_LORA_BIAS = ("none", "all", "lora_only")
 
 
 @dataclass
-class ModelArguments:
-    """Which LLM, vision tower and projector to build, and what to train (upstream names)."""
+class ModelArguments(AddonModelArguments):
+    """Which LLM, vision tower and projector to build, and what to train (upstream names).
+
+    The add-on flags come from :class:`~llava.train.addon_args.AddonModelArguments`.
+    """
 
     model_name_or_path: str | None = field(default="facebook/opt-125m")
-    version: str | None = field(default="v0", metadata={"help": "Conversation template name."})
+    version: str | None = field(default="v1", metadata={
+        "help": "Conversation template name (plain for pretraining, v1 for finetuning). Upstream's default "
+                "'v0' is the LLaVA-1.0 template, which this fork does not ship."})
     freeze_backbone: bool = field(default=False)
     tune_mm_mlp_adapter: bool = field(default=False, metadata={"help": "Train only the projector."})
     vision_tower: str | None = field(default=None)

@@ -164,28 +164,31 @@ def setup_vision(model: Any, tokenizer: Any, model_args: ModelArguments, data_ar
     data_args.image_processor = tower.image_processor
     data_args.is_multimodal = True
     data_args.mm_use_im_start_end = model_args.mm_use_im_start_end
-    data_args.num_image_tokens = image_tokens_per_sample(model.config, tower)
 
     config = model.config
     config.image_aspect_ratio = data_args.image_aspect_ratio
     config.tokenizer_padding_side = tokenizer.padding_side
     config.tokenizer_model_max_length = tokenizer.model_max_length
-    projector = model.get_model().mm_projector
+    projector_modules = model.get_model().projector_modules()  # projector + trainable add-ons
 
     config.tune_mm_mlp_adapter = model_args.tune_mm_mlp_adapter
     if model_args.tune_mm_mlp_adapter:
         model.requires_grad_(False)
-        projector.requires_grad_(True)
+        for module in projector_modules:
+            module.requires_grad_(True)
     config.freeze_mm_mlp_adapter = training_args.freeze_mm_mlp_adapter
     if training_args.freeze_mm_mlp_adapter:
-        projector.requires_grad_(False)
+        for module in projector_modules:
+            module.requires_grad_(False)
     if training_args.bits in (4, 8):
-        projector.to(dtype=compute_dtype_for(training_args), device=training_args.device)
+        for module in projector_modules:
+            module.to(dtype=compute_dtype_for(training_args), device=training_args.device)
 
     config.mm_use_im_start_end = model_args.mm_use_im_start_end
     config.mm_projector_lr = training_args.mm_projector_lr
     config.mm_use_im_patch_token = model_args.mm_use_im_patch_token
     model.initialize_vision_tokenizer(model_args, tokenizer=tokenizer)
+    data_args.num_image_tokens = image_tokens_per_sample(model.config, tower)
 
 
 def image_tokens_per_sample(config: Any, tower: Any) -> int:

@@ -76,10 +76,13 @@ def projector_input_width(config: Any, tower_width: int) -> int:
 
 
 def tokens_per_image(config: Any, tower_tokens: int) -> int:
-    """Image tokens the LLM sees per image (before interleaved coordinate tokens)."""
-    if compression.enabled(config):
-        return int(config.final_spatial_size)
-    return tower_tokens
+    """Sequence positions one image occupies: its tokens (after compression) + interleaved coordinates."""
+    n = int(config.final_spatial_size) if compression.enabled(config) else tower_tokens
+    coord_ids = getattr(config, "mm_interleave_coord_ids", None)
+    if interleave.enabled(config) and coord_ids:
+        k = int(config.interleave_sparsity)
+        n += sum(len(coord_ids[j]) for j in range(len(coord_ids)) if (j + 1) % k == 0)
+    return n
 
 
 def output_side(config: Any, grid_side: int) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import PretrainedConfig
+from transformers import CLIPVisionConfig, PretrainedConfig
 
 from .clip_encoder import CLIPVisionTower
 
@@ -18,6 +18,18 @@ def vision_tower_model_type(name_or_path: str) -> str:
     """Read ``model_type`` from the tower's config.json (local dir or hub id)."""
     cfg_dict, _ = PretrainedConfig.get_config_dict(name_or_path)
     return cfg_dict.get("model_type", "")
+
+
+def vision_tower_geometry(name_or_path: str) -> tuple[int, int]:
+    """(number of layers, patch-grid side) read from the tower's config.json, without weights."""
+    model_type = vision_tower_model_type(name_or_path)
+    if model_type not in VISION_TOWERS:
+        raise ValueError(
+            f"Vision tower {name_or_path!r} has model_type {model_type!r}, which is not supported; "
+            f"supported model types: {', '.join(sorted(VISION_TOWERS))}"
+        )
+    cfg = CLIPVisionConfig.from_pretrained(name_or_path)
+    return cfg.num_hidden_layers, cfg.image_size // cfg.patch_size
 
 
 def build_vision_tower(vision_tower_cfg: Any, **kwargs: Any) -> CLIPVisionTower:
