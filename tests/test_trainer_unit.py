@@ -39,7 +39,7 @@ def _parse(tmp_path, *extra: str):
 def test_upstream_defaults(tmp_path):
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     m, d, t = parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path)])
-    assert (m.version, m.mm_vision_select_layer, m.mm_projector_type) == ("v0", -1, "linear")
+    assert (m.version, m.mm_vision_select_layer, m.mm_projector_type) == ("v1", -1, "linear")
     assert m.mm_use_im_patch_token is True and m.mm_use_im_start_end is False
     assert (m.mm_patch_merge_type, m.mm_vision_select_feature) == ("flat", "patch")
     assert m.tune_mm_mlp_adapter is False and m.pretrain_mm_mlp_adapter is None
