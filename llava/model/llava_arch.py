@@ -150,10 +150,13 @@ class LlavaMetaForCausalLM:
         modules in the same order as an image batch (vision first, then the token embedding) so
         ZeRO-3 gathers parameters in the same order on every rank.
         """
-        cfg = self.get_vision_tower().config
-        emb = self.get_model().embed_tokens
-        blank = torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=input_ids.device, dtype=emb.weight.dtype)
+        tower = self.get_vision_tower()
+        cfg = tower.config
+        # No `embed_tokens.weight` access here: under ZeRO-3 touching a partitioned parameter inside
+        # forward gathers it on this rank alone, which desynchronises the ranks' collectives.
+        blank = torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=input_ids.device, dtype=tower.dtype)
         dummy = self.encode_image_blocks(blank)[0].sum()
+        emb = self.get_model().embed_tokens
         return emb(input_ids) + 0.0 * dummy
 
     def prepare_multimodal_splice(
@@ -172,7 +175,8 @@ class LlavaMetaForCausalLM:
         if images.shape[0]:
             feats, layout = self.encode_image_blocks(images)
         else:
-            feats, layout = embed.weight.new_zeros(0, 1, embed.weight.shape[1]), None
+            feats = torch.zeros(0, 1, embed.embedding_dim, device=input_ids.device, dtype=self.get_vision_tower().dtype)
+            layout = None
         side = padding_side or getattr(self.config, "tokenizer_padding_side", "right")
         return splice_image_features(
             input_ids, attention_mask, labels, feats, embed,
