@@ -1,0 +1,35 @@
+"""The CI-sized demo: ``bash scripts/demo.sh --quick --output_dir DIR`` writes ablation.md/.png, one row per variant."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = ("vanilla", "multinorm", "compression", "rope2d")
+
+
+def test_quick_demo(tmp_path):
+    out = tmp_path / "demo"
+    env = dict(os.environ, LLAVA_SKIP_INSTALL="1", OMP_NUM_THREADS="1")
+    res = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh"), "--quick", "--output_dir", str(out),
+                          "--threads", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
+    md = (out / "ablation.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    names = [line.split("|")[1].strip() for line in rows[1:]]
+    assert names == [*VARIANTS, "majority baseline"], md
+    assert "tokens/image" in rows[0] and "train time (s)" in rows[0]
+    assert "failed" not in md
+    report = json.loads((out / "ablation.json").read_text())
+    tokens = {r["name"]: r["tokens"] for r in report["rows"]}
+    assert tokens["vanilla"] == 16 and tokens["compression"] == 4 and tokens["rope2d"] == 16
+    png = (out / "ablation.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert "| vanilla |" in res.stdout  # the table is printed
