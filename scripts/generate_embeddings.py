@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow_preprocess_mismatch", action="store_true",
                    help="accept models whose image processors differ (both still get --model_7b's pixels)")
     p.add_argument("--export_pt", action="store_true", help="also write embeddings.pt (small datasets only)")
+    p.add_argument("--commit_every_s", type=float, default=10.0,
+                   help="commit rows to manifest.json at most this often (0: every batch); a crash loses less")
     p.add_argument("--stop_after_batches", type=int, default=None,
                    help="stop after N batches (work in chunks; rerun to continue)")
     p.add_argument("--no_progress", action="store_true", help="hide the tqdm bar")

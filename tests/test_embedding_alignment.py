@@ -147,6 +147,38 @@ def test_interrupted_run_resumes_to_identical_arrays(ckpts, models, images_dir, 
     assert again["num_rows"] == 10
 
 
+class _CrashingModel:
+    """Delegates to a real model; its ``embed`` raises on call number ``crash_at`` (a simulated crash)."""
+
+    def __init__(self, model, crash_at):
+        self._model, self._crash_at, self.calls = model, crash_at, 0
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def embed(self, pixels):
+        self.calls += 1
+        if self.calls == self._crash_at:
+            raise RuntimeError("simulated crash")
+        return self._model.embed(pixels)
+
+
+@pytest.mark.parametrize("commit_every_s", [0.0, 1e9])
+def test_crash_mid_run_resumes_from_last_commit(ckpts, models, images_dir, tmp_path, commit_every_s):
+    out = tmp_path / "crashy"
+    crashing = _CrashingModel(models[1], crash_at=4)  # 1 probe + 2 batches succeed, the 3rd batch dies
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        generate_embeddings(_cfg(ckpts, images_dir, out, commit_every_s=commit_every_s), models=(models[0], crashing))
+    committed = read_manifest(out)
+    assert committed["status"] == "in_progress"
+    assert committed["num_rows"] == (5 if commit_every_s == 0 else 0)  # every batch vs never committed
+    resumed = generate_embeddings(_cfg(ckpts, images_dir, out, commit_every_s=commit_every_s), models=models)
+    full = generate_embeddings(_cfg(ckpts, images_dir, tmp_path / "full"), models=models)
+    assert resumed["images"] == full["images"] and resumed["skipped"] == full["skipped"]
+    for name in ("X.npy", "y.npy"):
+        np.testing.assert_array_equal(np.load(out / name), np.load(tmp_path / "full" / name))
+
+
 def test_llava_hf_checkpoint_same_pixels_same_embeddings(ckpts, models, images_dir, tmp_path):
     hf = load_embedding_model(ckpts["hf"], device="cpu", flag="--model_7b")
     assert hf.kind == "llava_hf" and hf.aspect == "pad"

@@ -2,8 +2,9 @@
 
 Each batch of images is decoded once, preprocessed once with the X model's processor, and the same
 pixel tensor goes through both models (X = the smaller model, e.g. 7B; y = the larger, e.g. 13B).
-Rows are written to memmaps and committed through the manifest batch by batch, so memory holds one
-batch and a rerun with the same flags continues after the last committed batch.
+Rows go to memmaps as each batch finishes and are committed through the manifest at most every
+``commit_every_s`` seconds (0: every batch), so memory holds one batch, the manifest is not rewritten
+per batch on huge sets, and a rerun with the same flags continues after the last commit.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class GenerateConfig:
     overwrite: bool = False
     allow_preprocess_mismatch: bool = False
     export_pt: bool = False
+    commit_every_s: float = 10.0
     stop_after_batches: int | None = None
     progress: bool = True
 
@@ -57,6 +59,8 @@ def _check_config(cfg: GenerateConfig) -> None:
         raise ValueError(f"--storage_dtype {cfg.storage_dtype!r} not supported; valid: {', '.join(STORAGE_DTYPES)}")
     if cfg.batch_size < 1:
         raise ValueError(f"--batch_size must be >= 1, got {cfg.batch_size}")
+    if cfg.commit_every_s < 0:
+        raise ValueError(f"--commit_every_s must be >= 0, got {cfg.commit_every_s}")
 
 
 def _run_identity(cfg: GenerateConfig, candidates_sha: str, num_candidates: int) -> dict[str, Any]:
@@ -153,10 +157,11 @@ def generate_embeddings(cfg: GenerateConfig,
 
     start = int(writer.manifest["next_index"])
     bar = tqdm(total=len(records), initial=start, unit="img", desc="embeddings", disable=not cfg.progress)
-    batches = 0
+    batches, last_commit = 0, time.monotonic()
     for i in range(start, len(records), cfg.batch_size):
         if cfg.stop_after_batches is not None and batches >= cfg.stop_after_batches:
             bar.close()
+            writer.save_manifest()
             writer.close()
             logger.info("stopped after %d batches; rerun with the same flags to resume", batches)
             return writer.manifest
@@ -170,7 +175,10 @@ def generate_embeddings(cfg: GenerateConfig,
             pixels = x_model.preprocess([img for _, img in loaded])
             xs = _to_storage(_pool(x_model.embed(pixels), cfg.pooling), cfg.storage_dtype, "X")
             ys = _to_storage(_pool(y_model.embed(pixels), cfg.pooling), cfg.storage_dtype, "y")
-        writer.commit(xs, ys, [rec.as_dict() for rec, _ in loaded], failed, i + len(chunk))
+        writer.append(xs, ys, [rec.as_dict() for rec, _ in loaded], failed, i + len(chunk))
+        if time.monotonic() - last_commit >= cfg.commit_every_s:
+            writer.save_manifest()
+            last_commit = time.monotonic()
         bar.update(len(chunk))
         batches += 1
     bar.close()

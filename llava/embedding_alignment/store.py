@@ -7,10 +7,10 @@ Layout of an embedding dataset directory::
     manifest.json  images (row order) with categories, skipped images, dims, dtype, pooling, models
 
 Writing (:class:`EmbeddingWriter`): both arrays are pre-allocated as sparse ``.npy`` memmaps with one
-row per candidate image; each committed batch is flushed before the manifest (written atomically)
-records it, so the manifest never claims rows that are not on disk and a killed run resumes at the
-last committed batch. When the run completes, the ``.npy`` headers are rewritten to the real row count
-and the files truncated, so ``numpy.load`` gives exactly the rows the manifest lists.
+row per candidate image; rows are flushed before the manifest (written atomically) records them, so
+the manifest never claims rows that are not on disk and a killed run resumes at the last commit.
+When the run completes, the ``.npy`` headers are rewritten to the real row count and the files
+truncated, so ``numpy.load`` gives exactly the rows the manifest lists.
 
 Reading (:class:`NpyRows`, :class:`EmbeddingPairs`): rows are fetched with positioned reads from the
 same ``.npy`` files instead of through a mapping, so pages read for one batch do not stay in the
@@ -43,6 +43,7 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would make the manifest unreadable to other users
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=1)
             f.write("\n")
@@ -146,9 +147,9 @@ class EmbeddingWriter:
         """Rows committed so far."""
         return int(self.manifest["num_rows"])
 
-    def commit(self, x_rows: np.ndarray, y_rows: np.ndarray, images: list[dict[str, str]],
+    def append(self, x_rows: np.ndarray, y_rows: np.ndarray, images: list[dict[str, str]],
                skipped: list[dict[str, str]], next_index: int) -> None:
-        """Write one batch's rows after the committed ones, flush, then record them in the manifest."""
+        """Write one batch's rows after the previous ones; recorded on disk at the next :meth:`save_manifest`."""
         n = len(images)
         if x_rows.shape[0] != n or y_rows.shape[0] != n:
             raise ValueError(f"batch has {x_rows.shape[0]} X rows and {y_rows.shape[0]} y rows for {n} images")
@@ -158,13 +159,22 @@ class EmbeddingWriter:
         if n:
             self.x[start:start + n] = x_rows
             self.y[start:start + n] = y_rows
-            self.x.flush()
-            self.y.flush()
         self.manifest["images"].extend(images)
         self.manifest["skipped"].extend(skipped)
         self.manifest["num_rows"] = start + n
         self.manifest["next_index"] = next_index
+
+    def save_manifest(self) -> None:
+        """Flush the arrays, then atomically write the manifest: everything appended so far is committed."""
+        self.x.flush()
+        self.y.flush()
         self._write_manifest()
+
+    def commit(self, x_rows: np.ndarray, y_rows: np.ndarray, images: list[dict[str, str]],
+               skipped: list[dict[str, str]], next_index: int) -> None:
+        """:meth:`append` + :meth:`save_manifest`."""
+        self.append(x_rows, y_rows, images, skipped, next_index)
+        self.save_manifest()
 
     def finalize(self) -> dict[str, Any]:
         """Shrink both arrays to the committed rows and mark the dataset complete."""

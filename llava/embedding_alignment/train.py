@@ -235,7 +235,8 @@ def train_mlp(cfg: TrainConfig) -> dict[str, Any]:
               "val": evaluate(best, pairs, val_rows, cfg.batch_size, device, use_bf16, cfg.shuffle_buffer_rows),
               "train": evaluate(best, pairs, train_rows, cfg.batch_size, device, use_bf16, cfg.shuffle_buffer_rows),
               "train_images": len(train_rows), "val_images": len(val_rows), "tokens_per_image": pairs.tokens_per_image,
-              "mean_pairs_per_s": float(np.mean([r["pairs_per_s"] for r in history]))}
+              "mean_pairs_per_s": float(np.mean([r["pairs_per_s"] for r in history])), "device": str(device),
+              "bf16": use_bf16}
     report["targets"] = check_targets(report["val"])
     report["all_targets_met"] = all(v["pass"] for v in report["targets"].values())
     atomic_write_json(out / "report.json", report)
