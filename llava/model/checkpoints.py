@@ -6,6 +6,7 @@ Both are plain ``torch.save`` dicts of tensors keyed like upstream (``model.mm_p
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from collections.abc import Iterable
@@ -64,7 +65,7 @@ def save_mm_projector(model: nn.Module, output_dir: str | os.PathLike,
     """
     out = Path(output_dir)
     if state is None:
-        state = select_state(model.named_parameters(), keys_to_match)
+        state = select_state(itertools.chain(model.named_parameters(), model.named_buffers()), keys_to_match)
     atomic_torch_save(state, out / MM_PROJECTOR_FILE)
     config = getattr(model, "config", None)
     if config is not None:
@@ -114,7 +115,7 @@ def load_mm_projector(projector: nn.Module, path: str | os.PathLike) -> None:
     load_module_state(projector, state, f"mm_projector weights {path}")
 
 
-PROJECTOR_ADDON_MODULES = ("mm_projector_norm",)
+PROJECTOR_ADDON_MODULES = ("mm_projector_norm", "mm_projector_cos")
 """Trainable add-on modules saved next to the projector in ``mm_projector.bin`` (own key prefixes)."""
 
 

@@ -18,9 +18,15 @@ from llava.constants import (
     DEFAULT_IMAGE_PATCH_TOKEN,
 )
 
-from .addons import compression, coordinates, interleave, normalize, rope2d
+from .addons import compression, coordinates, cosine_reg, interleave, normalize, rope2d
 from .addons.layout import BlockLayout, grid_layout
-from .addons.setup import configure_addons, install_modules, output_side, projector_input_width
+from .addons.setup import (
+    configure_addons,
+    configure_regularizers,
+    install_modules,
+    output_side,
+    projector_input_width,
+)
 from .checkpoints import load_mm_projector, load_projector_addons
 from .multimodal_encoder.builder import build_vision_tower
 from .multimodal_projector.builder import build_vision_projector
@@ -61,13 +67,14 @@ class LlavaMetaModel:
         configure_addons(self.config, model_args, tower, self.embed_tokens.weight)
         tower.configure_features(self.config)
         self.config.mm_hidden_size = projector_input_width(self.config, tower.hidden_size)
-        install_modules(self)
+        configure_regularizers(self.config, model_args)
 
         if getattr(self, "mm_projector", None) is None:
             self.mm_projector = build_vision_projector(self.config)
         else:
             for p in self.mm_projector.parameters():
                 p.requires_grad = True
+        install_modules(self)  # after the projector, so add-ons never shift its random init
 
         adapter = getattr(model_args, "pretrain_mm_mlp_adapter", None)
         if adapter:
@@ -98,10 +105,18 @@ class LlavaMetaForCausalLM:
         return self.encode_image_blocks(images)[0]
 
     def encode_image_blocks(self, images: torch.Tensor) -> tuple[torch.Tensor, BlockLayout]:
+        """(N, T', hidden) blocks that replace the placeholders, and their layout."""
+        tokens, layout, _, _ = self.encode_image_blocks_with_aux(images)
+        return tokens, layout
+
+    def encode_image_blocks_with_aux(
+        self, images: torch.Tensor
+    ) -> tuple[torch.Tensor, BlockLayout, torch.Tensor, torch.Tensor]:
         """The vision seam, in order: tower (layer pick / multi-layer concat) -> + coordinates ->
         projector -> normalization -> compression -> interleaved coordinate tokens.
 
-        Returns the (N, T', hidden) blocks that replace the placeholders and their layout.
+        Returns the blocks, their layout, the projector input x and the raw projector output P1(x)
+        (the last two feed the cosine regularizers).
         """
         model, config = self.get_model(), self.config
         tower = model.get_vision_tower()
@@ -110,7 +125,8 @@ class LlavaMetaForCausalLM:
         feats = tower(images)
         if coordinates.enabled(config):
             feats = coordinates.append(feats, side, has_cls)
-        tokens = model.mm_projector(feats)
+        projected = model.mm_projector(feats)
+        tokens = projected
         if normalize.enabled(config):
             tokens = model.mm_projector_norm(tokens)
         if compression.enabled(config):
@@ -120,7 +136,7 @@ class LlavaMetaForCausalLM:
         if interleave.enabled(config):
             tokens, layout = interleave.build_block(tokens, layout, config.mm_interleave_coord_ids,
                                                     config.interleave_sparsity, model.embed_tokens)
-        return tokens, layout
+        return tokens, layout, feats, projected
 
     @staticmethod
     def _stack_images(images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
@@ -155,9 +171,12 @@ class LlavaMetaForCausalLM:
         # No `embed_tokens.weight` access here: under ZeRO-3 touching a partitioned parameter inside
         # forward gathers it on this rank alone, which desynchronises the ranks' collectives.
         blank = torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=input_ids.device, dtype=tower.dtype)
-        dummy = self.encode_image_blocks(blank)[0].sum()
-        emb = self.get_model().embed_tokens
-        return emb(input_ids) + 0.0 * dummy
+        tokens, _, vision_x, projected = self.encode_image_blocks_with_aux(blank)
+        embeds = self.get_model().embed_tokens(input_ids)
+        dummy = tokens.sum()
+        if cosine_reg.enabled(self.config):  # same module order as an image batch: ... embed, regularizer
+            dummy = dummy + self.get_model().mm_projector_cos(vision_x, projected)
+        return embeds + 0.0 * dummy
 
     def prepare_multimodal_splice(
         self,
@@ -172,17 +191,28 @@ class LlavaMetaForCausalLM:
         images = self._stack_images(images)
         self._check_image_size(images)
         embed = self.get_model().embed_tokens
+        aux = None
         if images.shape[0]:
-            feats, layout = self.encode_image_blocks(images)
+            feats, layout, vision_x, projected = self.encode_image_blocks_with_aux(images)
+            aux = (vision_x, projected)
         else:
             feats = torch.zeros(0, 1, embed.embedding_dim, device=input_ids.device, dtype=self.get_vision_tower().dtype)
             layout = None
         side = padding_side or getattr(self.config, "tokenizer_padding_side", "right")
-        return splice_image_features(
+        res = splice_image_features(
             input_ids, attention_mask, labels, feats, embed,
             max_length=getattr(self.config, "tokenizer_model_max_length", None),
             padding_side=side, layout=layout, two_d=rope2d.enabled(self.config),
         )
+        if aux is not None:
+            res.vision_features, res.projected = aux
+        return res
+
+    def cosine_regularizer_loss(self, res: SpliceResult) -> torch.Tensor | None:
+        """L_cos on the real images of a spliced batch, or None when the regularizer is off."""
+        if not cosine_reg.enabled(self.config) or res.vision_features is None:
+            return None
+        return self.get_model().mm_projector_cos(res.vision_features, res.projected)
 
     def prepare_inputs_labels_for_multimodal(
         self,

@@ -35,6 +35,10 @@ class SpliceResult:
     """(N, T) destination column of each image token in the output, -1 where truncated away."""
     image_batch_index: torch.Tensor
     """(N,) row of the output each image went to."""
+    vision_features: torch.Tensor | None = None
+    """(N, T, mm_hidden) projector input of the images (set by the model, for the regularizers)."""
+    projected: torch.Tensor | None = None
+    """(N, T, hidden) raw projector output of the images."""
 
 
 def count_image_placeholders(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from llava.model.addons import interleave, multilayer
+from llava.model.addons import cosine_reg, interleave, multilayer
 from llava.model.addons.setup import validate_addon_args
 
 
@@ -39,6 +39,15 @@ class AddonModelArguments:
     add_spatial_coordinates: bool = field(default=False, metadata={
         "help": "Append each patch's normalized (x, y) to its vision feature before the projector (+2 width)."})
 
+    mm_cosine_loss: str = field(default="none", metadata={
+        "help": "Cosine regularizer added to the LM loss: none, constrain or self_distill."})
+    mm_cosine_lambda: float | None = field(default=None, metadata={
+        "help": "Weight lambda of L_cos (default 0.1 when a loss is chosen)."})
+    mm_cosine_constrain_mode: str = field(default="embed", metadata={
+        "help": "constrain: 'embed' (fixed orthonormal embedding of x) or 'gram' (token-token similarity)."})
+    mm_cosine_stop_grad: bool = field(default=False, metadata={
+        "help": "self_distill: detach the target P1(x) (SimSiam-style stop-gradient)."})
+
     @staticmethod
     def check(model_args: Any, data_args: Any, training_args: Any) -> None:
         """Validate add-on values against the vision tower's geometry (config.json only)."""
@@ -46,6 +55,9 @@ class AddonModelArguments:
 
         if getattr(model_args, "interleave", False):
             interleave.validate_sparsity(model_args.interleave_sparsity)
+        cosine_reg.validate(model_args.mm_cosine_loss, model_args.mm_cosine_lambda, model_args.mm_cosine_constrain_mode)
+        if model_args.mm_cosine_loss != "none" and model_args.vision_tower is None:
+            raise ValueError("--mm_cosine_loss regularizes the projector and needs --vision_tower.")
         if not any(getattr(model_args, name, False) for name in ADDON_SWITCHES):
             return
         if model_args.vision_tower is None:

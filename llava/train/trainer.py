@@ -17,6 +17,7 @@ What differs from ``transformers.Trainer`` (only public/overridable Trainer meth
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Iterable
@@ -27,6 +28,7 @@ from torch import nn
 from transformers import Trainer
 
 from llava.model.checkpoints import MM_PROJECTOR_FILE, NON_LORA_FILE, atomic_torch_save
+from llava.train.aux_loss_logging import AuxLossLoggingMixin
 from llava.utils.generation_config import sanitize_generation_config
 from llava.utils.zero import get_mm_adapter_state_maybe_zero_3, get_peft_state_non_lora_maybe_zero_3
 
@@ -82,7 +84,7 @@ def build_param_groups(
     return groups
 
 
-class LLaVATrainer(Trainer):
+class LLaVATrainer(AuxLossLoggingMixin, Trainer):
     """Trainer with LLaVA's modality-grouped sampler, projector lr and projector/LoRA checkpoints."""
 
     # ---- data ----
@@ -153,7 +155,8 @@ class LLaVATrainer(Trainer):
 
     def _save_projector(self, output_dir: str) -> None:
         model = self._unwrapped()
-        state = get_mm_adapter_state_maybe_zero_3(model.named_parameters(),
+        # buffers too: e.g. the cosine regularizer's fixed embedding travels with the projector
+        state = get_mm_adapter_state_maybe_zero_3(itertools.chain(model.named_parameters(), model.named_buffers()),
                                                   projector_keys_to_match(model.config))
         if not self.args.should_save:
             return

@@ -46,7 +46,7 @@ class ProjectorNorm(nn.Module):
             raise ValueError(f"normalize_projector needs 0 < mm_norm_target <= mm_norm_max, got {target}, {max_norm}")
         self.target = target
         self.max_norm = max_norm
-        self.gain = nn.Parameter(torch.ones(()))
+        self.gain = nn.Parameter(torch.ones(1))  # 1-D: DeepSpeed cannot flatten 0-dim parameters
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         norm = x.norm(dim=-1, keepdim=True).clamp_min(EPS)

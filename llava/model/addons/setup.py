@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from . import compression, coordinates, interleave, multilayer, normalize, rope2d
+from . import compression, coordinates, cosine_reg, interleave, multilayer, normalize, rope2d
 
 ADDON_DEFAULTS = MappingProxyType({
     "normalize_projector": False,
@@ -25,6 +25,10 @@ ADDON_DEFAULTS = MappingProxyType({
     "interleave": False,
     "interleave_sparsity": 1,
     "add_spatial_coordinates": False,
+    "mm_cosine_loss": "none",
+    "mm_cosine_lambda": None,
+    "mm_cosine_constrain_mode": "embed",
+    "mm_cosine_stop_grad": False,
 })
 
 
@@ -40,6 +44,8 @@ def validate_addon_args(args: Any, tower_layers: int, grid_side: int, has_cls: b
                              getattr(args, "mm_compression_mode", "avg"))
     if getattr(args, "interleave", False):
         interleave.validate_sparsity(getattr(args, "interleave_sparsity", None))
+    cosine_reg.validate(getattr(args, "mm_cosine_loss", "none"), getattr(args, "mm_cosine_lambda", None),
+                        getattr(args, "mm_cosine_constrain_mode", "embed"))
     if (getattr(args, "twoD_vision_embedding", False) or getattr(args, "interleave", False)) and has_cls:
         raise ValueError("--twoD_vision_embedding/--interleave need a square patch grid: use "
                          "--mm_vision_select_feature patch (not cls_patch).")
@@ -63,6 +69,13 @@ def configure_addons(config: Any, args: Any, tower: Any, input_embeddings: torch
         config.twoD_vision_embedding = True
     if getattr(args, "interleave", False):
         interleave.configure(config, args.interleave_sparsity)
+
+
+def configure_regularizers(config: Any, args: Any) -> None:
+    """Record the cosine-regularizer flags (needs mm_hidden_size and hidden_size in the config)."""
+    cosine_reg.configure(
+        config, getattr(args, "mm_cosine_loss", "none"), getattr(args, "mm_cosine_lambda", None),
+        getattr(args, "mm_cosine_constrain_mode", "embed"), getattr(args, "mm_cosine_stop_grad", False))
 
 
 def projector_input_width(config: Any, tower_width: int) -> int:
@@ -97,5 +110,7 @@ def install_modules(base_model: Any) -> None:
     config = base_model.config
     if normalize.enabled(config) and getattr(base_model, "mm_projector_norm", None) is None:
         base_model.mm_projector_norm = normalize.build(config)
+    if cosine_reg.enabled(config) and getattr(base_model, "mm_projector_cos", None) is None:
+        base_model.mm_projector_cos = cosine_reg.build(config)
     if rope2d.enabled(config):
         rope2d.install(base_model)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin
 
+from ..addons import cosine_reg
 from ..llava_arch import LlavaMetaForCausalLM
 
 
@@ -60,17 +61,18 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
         image_sizes: Any = None,
         **kwargs: Any,
     ) -> Any:
+        loss_cos = None
         if inputs_embeds is None and input_ids is not None and self.get_vision_tower() is not None:
             if images is not None:
-                (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels) = (
-                    self.prepare_inputs_labels_for_multimodal(
-                        input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes
-                    )
-                )
+                res = self.prepare_multimodal_splice(input_ids, attention_mask, labels, images, image_sizes)
+                input_ids, inputs_embeds = None, res.inputs_embeds
+                attention_mask, position_ids, labels = res.attention_mask, res.position_ids, res.labels
+                if labels is not None and cosine_reg.weight(self.config) > 0:
+                    loss_cos = self.cosine_regularizer_loss(res)
             elif self.training and self.get_vision_tower().is_loaded:
                 inputs_embeds = self.embed_text_keeping_vision_in_graph(input_ids)
                 input_ids = None
-        return super().forward(
+        out = super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -80,6 +82,13 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
             use_cache=use_cache,
             **kwargs,
         )
+        if loss_cos is not None and out.loss is not None:
+            lam = cosine_reg.weight(self.config)
+            out["loss_tp"] = out.loss.detach()
+            out["loss_cos"] = loss_cos.detach()
+            out["loss_cos_weighted"] = lam * loss_cos  # keeps its graph: the trainer re-weights it
+            out["loss"] = out.loss + lam * loss_cos
+        return out
 
     @torch.no_grad()
     def generate(

@@ -1,0 +1,114 @@
+"""``--mm_cosine_loss``: cosine regularizers on the projection, L = L_TP + lambda * L_cos.
+
+Computed per image token on the projector's own input x (vision features, with coordinates if
+``--add_spatial_coordinates``) and raw output P1(x) — before normalization and compression — for
+real images only (never the blank image a text-only batch runs, never padding).
+
+* ``constrain`` (``--mm_cosine_constrain_mode embed``, default): L_cos = mean(1 - cos(E x, P1(x))),
+  where E is a fixed, seeded matrix with orthonormal columns mapping the tower width into the LLM
+  width, so ``||E x|| = ||x||`` and angles between vision features are kept. E is a persistent
+  buffer, so the loss is reproducible from a checkpoint.
+* ``constrain`` with ``--mm_cosine_constrain_mode gram``: width-free; per image, G(x) and G(P1(x))
+  are the token-token cosine-similarity matrices and L_cos = mean over images of
+  1 - cos(vec G(x), vec G(P1(x))).
+* ``self_distill``: a second projector P2 (LLM width -> LLM width, same MLP rule as
+  ``mm_projector_type``) and L_cos = mean(1 - cos(P1(x), P2(P1(x)))). ``--mm_cosine_stop_grad``
+  detaches the target P1(x) (SimSiam), which rules out the trivial P2 = identity solution
+  driving P1. P2 trains with the projector, is saved in ``mm_projector.bin`` under
+  ``model.mm_projector_cos.`` and is never used at inference.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..multimodal_projector.builder import make_projector
+
+LOSSES = ("none", "constrain", "self_distill")
+CONSTRAIN_MODES = ("embed", "gram")
+DEFAULT_LAMBDA = 0.1
+EMBED_SEED = 1234
+
+
+def enabled(config: Any) -> bool:
+    return getattr(config, "mm_cosine_loss", "none") not in (None, "none")
+
+
+def weight(config: Any) -> float:
+    return float(getattr(config, "mm_cosine_lambda", 0.0) or 0.0) if enabled(config) else 0.0
+
+
+def validate(loss: str, lam: float | None, mode: str) -> None:
+    if loss not in LOSSES:
+        raise ValueError(f"--mm_cosine_loss {loss!r} is not supported; choose one of {', '.join(LOSSES)}")
+    if mode not in CONSTRAIN_MODES:
+        raise ValueError(f"--mm_cosine_constrain_mode {mode!r} is not supported; choose one of "
+                         f"{', '.join(CONSTRAIN_MODES)}")
+    if lam is not None and lam < 0:
+        raise ValueError(f"--mm_cosine_lambda must be >= 0, got {lam}")
+
+
+def configure(config: Any, loss: str, lam: float | None, mode: str, stop_grad: bool) -> None:
+    validate(loss, lam, mode)
+    if loss == "none":
+        return
+    if loss == "constrain" and mode == "embed" and config.mm_hidden_size > config.hidden_size:
+        raise ValueError(
+            f"--mm_cosine_loss constrain embeds the {config.mm_hidden_size}-wide vision features isometrically "
+            f"into the {config.hidden_size}-wide LLM space, which needs mm_hidden_size <= hidden_size; use "
+            "--mm_cosine_constrain_mode gram instead."
+        )
+    config.mm_cosine_loss = loss
+    config.mm_cosine_lambda = DEFAULT_LAMBDA if lam is None else float(lam)
+    config.mm_cosine_constrain_mode = mode
+    config.mm_cosine_stop_grad = bool(stop_grad)
+
+
+def orthonormal_embedding(d_in: int, d_out: int, seed: int = EMBED_SEED) -> torch.Tensor:
+    """(d_out, d_in) matrix with orthonormal columns, deterministic for ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(d_out, d_in, generator=gen, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)  # unique QR: positive diagonal
+    return q.float()
+
+
+def one_minus_cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return 1.0 - F.cosine_similarity(a.float(), b.float(), dim=-1, eps=1e-8)
+
+
+def gram(t: torch.Tensor) -> torch.Tensor:
+    t = F.normalize(t.float(), dim=-1, eps=1e-8)
+    return t @ t.transpose(-1, -2)
+
+
+class CosineRegularizer(nn.Module):
+    """Holds the fixed embedding (constrain/embed) or P2 (self_distill) and computes L_cos."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.loss = config.mm_cosine_loss
+        self.mode = getattr(config, "mm_cosine_constrain_mode", "embed")
+        self.stop_grad = bool(getattr(config, "mm_cosine_stop_grad", False))
+        if self.loss == "constrain" and self.mode == "embed":
+            self.register_buffer("embed", orthonormal_embedding(config.mm_hidden_size, config.hidden_size))
+        if self.loss == "self_distill":
+            self.p2 = make_projector(config.mm_projector_type, config.hidden_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor, p1: torch.Tensor) -> torch.Tensor:
+        """x: (N, T, mm_hidden) projector input; p1: (N, T, hidden) projector output -> scalar L_cos."""
+        if self.loss == "self_distill":
+            target = p1.detach() if self.stop_grad else p1
+            return one_minus_cos(target, self.p2(p1)).mean()
+        if self.mode == "gram":
+            gx, gp = gram(x), gram(p1)
+            return one_minus_cos(gx.flatten(1), gp.flatten(1)).mean()
+        ex = x.to(self.embed.dtype) @ self.embed.T
+        return one_minus_cos(ex, p1).mean()
+
+
+def build(config: Any) -> CosineRegularizer:
+    return CosineRegularizer(config)
