@@ -30,16 +30,16 @@ def _stage_env(**overrides: object) -> dict[str, str]:
     return env
 
 
-def _start(script: str, log: Path, **overrides: object) -> subprocess.Popen:
+def _start(script: str, log: Path, *args: str, **overrides: object) -> subprocess.Popen:
     """Start a stage script: a name under scripts/v1_5/ or a path relative to the repo root."""
     path = REPO / script if (REPO / script).is_file() else REPO / "scripts" / "v1_5" / script
-    cmd = ["bash", str(path)]
+    cmd = ["bash", str(path), *args]
     return subprocess.Popen(cmd, cwd=REPO, env=_stage_env(**overrides), stdout=log.open("w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _run(script: str, log: Path, **overrides: object) -> str:
-    proc = _start(script, log, **overrides)
+def _run(script: str, log: Path, *args: str, **overrides: object) -> str:
+    proc = _start(script, log, *args, **overrides)
     try:
         rc = proc.wait(timeout=STAGE_TIMEOUT_S)
     finally:
