@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add mse_weight * MSE to the cosine loss (0 = the seed's loss; cosine ignores scale)")
     p.add_argument("--shuffle_buffer_rows", type=int, default=8192, help="rows read and shuffled per window")
     p.add_argument("--max_steps_per_epoch", type=int, default=None, help="cap steps per epoch (smoke runs)")
+    p.add_argument("--no_final_train_eval", action="store_true",
+                   help="report the best epoch's running train metrics instead of a final pass over the train split")
     p.add_argument("--no_progress", action="store_true", help="hide the tqdm bars")
     return p
 
@@ -45,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     """Train and print the report; exit code 0 whether or not the targets are met."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k != "no_progress"}, progress=not args.no_progress)
+    skip = ("no_progress", "no_final_train_eval")
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k not in skip}, progress=not args.no_progress,
+                      eval_train_at_end=not args.no_final_train_eval)
     report = train_mlp(cfg)
     print(format_report(report))
     return 0

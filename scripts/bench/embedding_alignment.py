@@ -78,6 +78,7 @@ def stage_train(args: argparse.Namespace) -> dict:
     report = train_mlp(TrainConfig(args.dataset, args.output, epochs=args.epochs, batch_size=args.batch_size,
                                    lr=1e-3, device=args.device, val_fraction=args.val_fraction,
                                    shuffle_buffer_rows=args.buffer_rows, max_steps_per_epoch=args.max_steps,
+                                   eval_train_at_end=False,
                                    progress=False))
     return {"stream_rows_per_s": rows / read_s, "stream_rows": rows, "train_pairs_per_s": report["mean_pairs_per_s"],
             "train_wall_s": time.perf_counter() - t0, "val_cosine": report["val"]["cosine"],
