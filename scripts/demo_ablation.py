@@ -254,7 +254,8 @@ def plot(rows: list[dict[str, Any]], baseline: dict[str, float] | None, path: Pa
     plt.close(fig)
 
 
-def run(output_dir: Path, size: DemoSize, names: list[str] | None, threads: int, seed: int) -> int:
+def run(output_dir: Path, size: DemoSize, names: list[str] | None, threads: int, seed: int,
+        reuse: bool = False) -> int:
     """The whole demo; returns the exit status (1 when a variant failed)."""
     from llava.data.spatial import generate
 
@@ -276,6 +277,13 @@ def run(output_dir: Path, size: DemoSize, names: list[str] | None, threads: int,
     for v in variants:
         run_dir = out / "runs" / v.name
         row: dict[str, Any] = {"name": v.name, "description": v.description, "flags": v.flags}
+        saved = run_dir / "row.json"
+        if reuse and saved.exists():
+            row = json.loads(saved.read_text())
+            print(f"[demo] {v.name}: reusing the finished run in {run_dir}", flush=True)
+            rows.append(row)
+            baseline = baseline or row.get("majority")
+            continue
         print(f"[demo] {v.name}: training ({v.description}); logs in {run_dir}", flush=True)
         try:
             row["train_s"] = train_variant(v, size, data, clip, llm, run_dir, threads)
@@ -284,7 +292,9 @@ def run(output_dir: Path, size: DemoSize, names: list[str] | None, threads: int,
             print(f"[demo] {v.name}: trained in {row['train_s']:.0f}s; evaluating", flush=True)
             metrics = evaluate_variant(model_dir, data, run_dir, size, threads)
             row["accuracy"] = metrics["accuracy"]
+            row["majority"] = metrics["majority"]
             baseline = baseline or metrics["majority"]
+            saved.write_text(json.dumps(row, indent=1) + "\n")
         except (RuntimeError, OSError, ValueError) as e:
             row["error"] = str(e)
             print(f"[demo] {v.name} FAILED: {e}", file=sys.stderr, flush=True)
@@ -303,9 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default=None, help="comma-separated subset of vanilla,multinorm,compression,rope2d")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reuse", action="store_true", help="keep variants that already finished in --output_dir "
+                   "(same size and seed) and run only the others")
     a = p.parse_args(argv)
     names = [n.strip() for n in a.variants.split(",")] if a.variants else None
-    return run(Path(a.output_dir), QUICK if a.quick else DEFAULT, names, a.threads, a.seed)
+    return run(Path(a.output_dir), QUICK if a.quick else DEFAULT, names, a.threads, a.seed, a.reuse)
 
 
 if __name__ == "__main__":
