@@ -49,3 +49,6 @@ def _check_logged(output_dir: Path) -> None:
     for h in steps:
         assert h["loss_cos_weighted"] == pytest.approx(0.5 * h["loss_cos"], rel=1e-4)
         assert 0.0 <= h["loss_cos"] <= 2.0
+        # the Trainer's loss is L_TP + lambda * L_cos (the term is 0 on text-only batches)
+        assert h["loss_tp"] <= h["loss"] + 1e-3
+        assert h["loss"] - h["loss_tp"] <= h["loss_cos_weighted"] + 1e-3

@@ -159,24 +159,11 @@ class LlavaMetaForCausalLM:
                 "(llava.mm_utils.process_images)."
             )
 
-    def embed_text_keeping_vision_in_graph(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Embed a text-only training batch, adding 0 x (tower + projector on one blank image).
-
-        Keeps every rank's autograd graph identical when a batch holds no image, and runs the
-        modules in the same order as an image batch (vision first, then the token embedding) so
-        ZeRO-3 gathers parameters in the same order on every rank.
-        """
+    def blank_images(self, device: torch.device) -> torch.Tensor:
+        """One all-zero image in the tower's dtype (no parameter access: safe inside a ZeRO-3 forward)."""
         tower = self.get_vision_tower()
-        cfg = tower.config
-        # No `embed_tokens.weight` access here: under ZeRO-3 touching a partitioned parameter inside
-        # forward gathers it on this rank alone, which desynchronises the ranks' collectives.
-        blank = torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=input_ids.device, dtype=tower.dtype)
-        tokens, _, vision_x, projected = self.encode_image_blocks_with_aux(blank)
-        embeds = self.get_model().embed_tokens(input_ids)
-        dummy = tokens.sum()
-        if cosine_reg.enabled(self.config):  # same module order as an image batch: ... embed, regularizer
-            dummy = dummy + self.get_model().mm_projector_cos(vision_x, projected)
-        return embeds + 0.0 * dummy
+        size = tower.config.image_size
+        return torch.zeros(1, 3, size, size, device=device, dtype=tower.dtype)
 
     def prepare_multimodal_splice(
         self,
@@ -186,8 +173,13 @@ class LlavaMetaForCausalLM:
         images: torch.Tensor | list[torch.Tensor],
         image_sizes: Any = None,
         padding_side: str | None = None,
+        unused_images: bool = False,
     ) -> SpliceResult:
-        """Encode ``images`` and splice them into ``input_ids``; returns the full :class:`SpliceResult`."""
+        """Encode ``images`` and splice them into ``input_ids``; returns the full :class:`SpliceResult`.
+
+        ``unused_images``: the batch has no placeholders; the images are encoded and kept in the
+        graph with zero weight (text-only training batches, see :func:`splice_image_features`).
+        """
         images = self._stack_images(images)
         self._check_image_size(images)
         embed = self.get_model().embed_tokens
@@ -202,7 +194,7 @@ class LlavaMetaForCausalLM:
         res = splice_image_features(
             input_ids, attention_mask, labels, feats, embed,
             max_length=getattr(self.config, "tokenizer_model_max_length", None),
-            padding_side=side, layout=layout, two_d=rope2d.enabled(self.config),
+            padding_side=side, layout=layout, two_d=rope2d.enabled(self.config), unused_images=unused_images,
         )
         if aux is not None:
             res.vision_features, res.projected = aux
@@ -212,7 +204,10 @@ class LlavaMetaForCausalLM:
         """L_cos on the real images of a spliced batch, or None when the regularizer is off."""
         if not cosine_reg.enabled(self.config) or res.vision_features is None:
             return None
-        return self.get_model().mm_projector_cos(res.vision_features, res.projected)
+        loss = self.get_model().mm_projector_cos(res.vision_features, res.projected)
+        if not bool(res.image_mask.any()):  # only blank images (text-only batch): keep the graph, weight 0
+            loss = loss * 0.0
+        return loss
 
     def prepare_inputs_labels_for_multimodal(
         self,

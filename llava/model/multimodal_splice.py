@@ -59,12 +59,16 @@ def splice_image_features(
     padding_side: str = "right",
     layout: BlockLayout | None = None,
     two_d: bool = False,
+    unused_images: bool = False,
 ) -> SpliceResult:
     """Replace each image placeholder by the features of one image; see the module docstring.
 
     ``image_features`` is (N, T, D) with N equal to the number of placeholders in the batch.
     ``layout`` describes the T block tokens (grid cells, which are real features); with
     ``two_d`` the position ids are (2, B, L) row/column streams for 2D RoPE.
+    ``unused_images`` (a batch without placeholders) keeps ``image_features`` in the autograd
+    graph through a zero-row copy, so a text-only training batch builds the same graph as an
+    image batch (same gradient order on every rank under ZeRO-3).
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
@@ -76,7 +80,9 @@ def splice_image_features(
     is_img = (input_ids == IMAGE_TOKEN_INDEX) & valid
     per_sample = is_img.sum(dim=1)
     n_images, n_tokens = image_features.shape[0], image_features.shape[1]
-    if int(per_sample.sum()) != n_images:
+    if unused_images and int(per_sample.sum()) != 0:
+        raise ValueError("unused_images=True is only for batches without <image> placeholders")
+    if int(per_sample.sum()) != n_images and not unused_images:
         raise ValueError(
             f"The batch has {int(per_sample.sum())} <image> placeholders (per sample: {per_sample.tolist()}) "
             f"but {n_images} images were given. Each <image> in a prompt needs exactly one image; images "
@@ -117,7 +123,8 @@ def splice_image_features(
     i_dest = i_dest + offset[i_rows]
     feats = image_features.to(flat.dtype)
     if bool(i_keep.all()):
-        flat.index_copy_(0, (i_rows * out_len + i_dest).reshape(-1), feats.reshape(-1, hidden))
+        dest = (i_rows * out_len + i_dest).reshape(-1)
+        flat.index_copy_(0, dest, feats.reshape(-1, hidden)[: dest.numel()])
     else:
         flat.index_copy_(0, (i_rows * out_len + i_dest)[i_keep], feats[i_keep])
 

@@ -29,7 +29,7 @@ class AuxLossLoggingMixin:
     def _aux_buffer(self) -> torch.Tensor:
         buf = getattr(self, "_aux_sums", None)
         if buf is None:
-            # sums of loss_tp, loss_cos, loss_cos_weighted, then counts of tp and cos micro-batches
+            # [L_TP contributions, optimizer-step fractions, L_cos sum, lambda*L_cos sum, image micro-batches]
             buf = torch.zeros(5, dtype=torch.float64, device=self.args.device)
             self._aux_sums = buf
         return buf
@@ -40,26 +40,26 @@ class AuxLossLoggingMixin:
                                              num_items_in_batch=num_items_in_batch)
         if not (model.training and self._aux_enabled() and isinstance(outputs, dict)):
             return (loss, outputs) if return_outputs else loss
+        scaled_for_ga = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled_for_ga is None:
+            scaled_for_ga = bool(self.model_accepts_loss_kwargs and num_items_in_batch is not None)
+        token_scale = 1.0
+        if scaled_for_ga and self.args.average_tokens_across_devices:
+            token_scale = float(self.accelerator.num_processes // self.get_tp_size())
+        ga = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
         buf = self._aux_buffer()
+        tp = outputs["loss_tp"] if "loss_tp" in outputs else outputs["loss"].detach()
+        # L_TP as the Trainer reports it: token-normalised losses are summed over micro-batches and
+        # scaled by the process count; per-batch means are averaged over the accumulation steps.
+        buf[0] += tp.double() * token_scale if scaled_for_ga else tp.double() / ga
+        buf[1] += 1.0 / ga
         if "loss_cos_weighted" in outputs:
             weighted = outputs["loss_cos_weighted"]
-            scaled_for_ga = getattr(self, "loss_is_scaled_for_ga", None)
-            if scaled_for_ga is None:
-                scaled_for_ga = bool(self.model_accepts_loss_kwargs and num_items_in_batch is not None)
-            token_scale = 1.0
-            if scaled_for_ga and self.args.average_tokens_across_devices:
-                token_scale = float(self.accelerator.num_processes // self.get_tp_size())
-            ga = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
             if scaled_for_ga:
                 loss = loss - weighted * token_scale + weighted / ga
-            buf[0] += outputs["loss_tp"].double()
-            buf[1] += outputs["loss_cos"].double()
-            buf[2] += weighted.detach().double()
-            buf[3] += 1
+            buf[2] += outputs["loss_cos"].double()
+            buf[3] += weighted.detach().double()
             buf[4] += 1
-        else:  # text-only micro-batch: L_cos does not apply, the loss is L_TP
-            buf[0] += outputs["loss"].detach().double()
-            buf[3] += 1
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -67,12 +67,12 @@ class AuxLossLoggingMixin:
             buf = self._aux_buffer()
             total = self.accelerator.reduce(buf.clone(), reduction="sum") if self.accelerator.num_processes > 1 \
                 else buf.clone()
-            n_tp, n_cos = float(total[3]), float(total[4])
-            if n_tp:
-                logs["loss_tp"] = round(float(total[0]) / n_tp, 6)
+            steps, n_cos = float(total[1]), float(total[4])
+            if steps:
+                logs["loss_tp"] = round(float(total[0]) / steps, 6)
             if n_cos:
-                logs["loss_cos"] = round(float(total[1]) / n_cos, 6)
-                logs["loss_cos_weighted"] = round(float(total[2]) / n_cos, 6)
+                logs["loss_cos"] = round(float(total[2]) / n_cos, 6)
+                logs["loss_cos_weighted"] = round(float(total[3]) / n_cos, 6)
             cfg = self.accelerator.unwrap_model(self.model).config
             logs["mm_cosine_lambda"] = float(getattr(cfg, "mm_cosine_lambda", 0.0))
             buf.zero_()

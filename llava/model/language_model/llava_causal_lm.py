@@ -62,16 +62,19 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
         **kwargs: Any,
     ) -> Any:
         loss_cos = None
-        if inputs_embeds is None and input_ids is not None and self.get_vision_tower() is not None:
-            if images is not None:
-                res = self.prepare_multimodal_splice(input_ids, attention_mask, labels, images, image_sizes)
-                input_ids, inputs_embeds = None, res.inputs_embeds
-                attention_mask, position_ids, labels = res.attention_mask, res.position_ids, res.labels
-                if labels is not None and cosine_reg.weight(self.config) > 0:
-                    loss_cos = self.cosine_regularizer_loss(res)
-            elif self.training and self.get_vision_tower().is_loaded:
-                inputs_embeds = self.embed_text_keeping_vision_in_graph(input_ids)
-                input_ids = None
+        tower = self.get_vision_tower() if inputs_embeds is None and input_ids is not None else None
+        # A text-only training batch runs one blank image through the same path as an image batch
+        # (zero weight), so every rank builds the same graph: required by ZeRO-3 and DDP.
+        text_only_training = images is None and tower is not None and self.training and tower.is_loaded
+        if tower is not None and (images is not None or text_only_training):
+            res = self.prepare_multimodal_splice(
+                input_ids, attention_mask, labels,
+                self.blank_images(input_ids.device) if text_only_training else images, image_sizes,
+                unused_images=text_only_training)
+            input_ids, inputs_embeds = None, res.inputs_embeds
+            attention_mask, position_ids, labels = res.attention_mask, res.position_ids, res.labels
+            if labels is not None and cosine_reg.weight(self.config) > 0:
+                loss_cos = self.cosine_regularizer_loss(res)
         out = super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -82,7 +85,9 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
             use_cache=use_cache,
             **kwargs,
         )
-        if loss_cos is not None and out.loss is not None:
+        if loss_cos is not None and out.loss is not None and text_only_training:
+            out["loss"] = out.loss + loss_cos  # zero-valued: keeps the regularizer in the graph
+        elif loss_cos is not None and out.loss is not None:
             lam = cosine_reg.weight(self.config)
             out["loss_tp"] = out.loss.detach()
             out["loss_cos"] = loss_cos.detach()
