@@ -123,11 +123,9 @@ def _choice(flag: str, value: Any, valid: tuple[Any, ...]) -> None:
 
 
 def _check_projector_type(projector_type: str | None) -> None:
-    """Validate through the projector registry itself when it is importable (no duplicated key list)."""
+    """Validate through the projector registry itself (no duplicated key list)."""
     if projector_type is None:
         raise ValueError("--mm_projector_type must be set (e.g. 'linear' or 'mlp2x_gelu').")
-    if importlib.util.find_spec("llava.model.multimodal_projector.builder") is None:
-        return
     from llava.model.multimodal_projector.builder import make_projector
 
     try:
@@ -137,12 +135,9 @@ def _check_projector_type(projector_type: str | None) -> None:
 
 
 def _check_template(version: str | None) -> None:
-    if importlib.util.find_spec("llava.conversation") is None:
-        return
-    from llava import conversation
+    from llava.conversation import conv_templates as templates
 
-    templates = getattr(conversation, "conv_templates", None)
-    if templates is not None and version not in templates:
+    if version not in templates:
         raise ValueError(
             f"--version {version!r} is not a known conversation template; "
             f"valid: {', '.join(sorted(templates))}"
