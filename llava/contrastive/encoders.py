@@ -80,7 +80,8 @@ class FrozenTextEncoder(nn.Module):
         if max_length is not None:
             st.max_seq_length = max_length
         self.model = _freeze(st)
-        dim = st.get_sentence_embedding_dimension() if hasattr(st, "get_sentence_embedding_dimension") else None
+        get_dim = getattr(st, "get_embedding_dimension", None) or getattr(st, "get_sentence_embedding_dimension", None)
+        dim = get_dim() if get_dim is not None else None
         if dim is None:
             dim = int(st.encode(["probe"], convert_to_tensor=True).shape[-1])
         self.dim = int(dim)
