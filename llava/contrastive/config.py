@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,6 @@ class AlignmentConfig:
     text_max_length: int | None = None
     encode_batch_size: int = 64
     trust_remote_code: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.device = _resolve_device(self.device)
