@@ -412,6 +412,7 @@ def test_three_stage_sh_23_on_tiny_models(tmp_path, tiny_llama, tiny_clip):
     assert not (root / "stage1").exists()
     assert (root / "stage2" / "model" / "mm_projector.bin").exists()
     assert (root / "stage3" / "model" / "model.safetensors").exists()
-    launch = [ln for ln in (root / "stage2" / "train.log").read_text().splitlines() if ln.startswith("[llava]")]
+    log2 = (root / "stage2" / "train.log").read_text()
+    launch = [ln for ln in log2.splitlines() if ln.startswith("[llava] deepspeed")]
     assert len(launch) == 1 and "--pretrain_mm_mlp_adapter" not in launch[0]  # stage 2 starts fresh
     assert str(root.resolve() / "stage2" / "model" / "mm_projector.bin") in (root / "stage3" / "train.log").read_text()

@@ -353,11 +353,15 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     dry = "--dry-run" in args or os.environ.get("DRY_RUN", "0") not in ("", "0")
     args = [a for a in args if a != "--dry-run"]
-    cfg = config_from_env(os.environ, args)
-    if dry:
-        print(json.dumps([step_record(s) for s in build_plan(cfg)], indent=1))
-        return 0
-    run_plan(cfg)
+    try:
+        cfg = config_from_env(os.environ, args)
+        if dry:
+            print(json.dumps([step_record(s) for s in build_plan(cfg)], indent=1))
+            return 0
+        run_plan(cfg)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"three_stage: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
