@@ -31,7 +31,10 @@ def build_tiny_sentence_transformer(out_dir: str | os.PathLike, hidden: int = 32
     """Save a tiny random BERT sentence-transformers model (mean pooling, ``hidden``-dim output) to ``out_dir``."""
     import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    try:  # sentence-transformers >= 6
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    except ImportError:  # 3.x - 5.x
+        from sentence_transformers.models import Pooling, Transformer
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     out = Path(out_dir)
