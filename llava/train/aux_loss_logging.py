@@ -57,9 +57,10 @@ class AuxLossLoggingMixin:
             weighted = outputs["loss_cos_weighted"]
             if scaled_for_ga:
                 loss = loss - weighted * token_scale + weighted / ga
-            buf[2] += outputs["loss_cos"].double()
-            buf[3] += weighted.detach().double()
-            buf[4] += 1
+            if outputs.get("loss_cos_from_images", True):
+                buf[2] += outputs["loss_cos"].double()
+                buf[3] += weighted.detach().double()
+                buf[4] += 1
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -288,6 +288,22 @@ def _shutdown_distributed() -> None:
         torch.distributed.destroy_process_group()
 
 
+def hard_exit_after_cpu_deepspeed() -> None:
+    """End the process at once after a multi-process CPU DeepSpeed run (``DS_ACCELERATOR=cpu``).
+
+    DeepSpeed's CPU communication backend leaves native threads behind; at interpreter shutdown
+    they intermittently abort the process ("terminate called without an active exception") after
+    everything was saved, which turns a finished run into a failed exit code. Everything is
+    flushed first; GPU runs are not affected.
+    """
+    if os.environ.get("DS_ACCELERATOR") != "cpu" or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def _report_skips(dataset: Any, training_args: TrainingArguments) -> None:
     report_fn = getattr(dataset, "skip_report", None)
     if report_fn is None or not training_args.should_log:
@@ -299,3 +315,4 @@ def _report_skips(dataset: Any, training_args: TrainingArguments) -> None:
 
 if __name__ == "__main__":
     train()
+    hard_exit_after_cpu_deepspeed()

@@ -14,7 +14,7 @@ import sys
 if __name__ == "__main__" and not __package__:  # run as a script: make `llava` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from llava.train.train import train
+from llava.train.train import hard_exit_after_cpu_deepspeed, train
 
 logger = logging.getLogger("llava.train")
 
@@ -35,6 +35,7 @@ def main() -> None:
         reason = "flash_attn is importable" if attn == "flash_attention_2" else "flash_attn not available"
         print(f"[llava] attention implementation: {attn} ({reason})", flush=True)
     train(attn_implementation=attn)
+    hard_exit_after_cpu_deepspeed()
 
 
 if __name__ == "__main__":

@@ -85,9 +85,10 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
             use_cache=use_cache,
             **kwargs,
         )
-        if loss_cos is not None and out.loss is not None and text_only_training:
-            out["loss"] = out.loss + loss_cos  # zero-valued: keeps the regularizer in the graph
-        elif loss_cos is not None and out.loss is not None:
+        if loss_cos is not None and out.loss is not None:
+            # text-only training batches go through the same ops (their L_cos is 0 x the blank image's)
+            # so every rank builds the same graph; the trainer skips them when logging L_cos.
+            out["loss_cos_from_images"] = not text_only_training
             lam = cosine_reg.weight(self.config)
             out["loss_tp"] = out.loss.detach()
             out["loss_cos"] = loss_cos.detach()
