@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 : "${TORCH_SPEC:=torch==2.13.0}"
-: "${EXTRAS:=train,dev,demo}"
+: "${EXTRAS:=train,dev,demo,contrastive}"
 if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install -q "$TORCH_SPEC"
 fi
