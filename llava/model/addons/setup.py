@@ -32,10 +32,14 @@ ADDON_DEFAULTS = MappingProxyType({
 })
 
 
+def _layers(args: Any) -> list[int]:
+    return multilayer.parse_layers(getattr(args, "mm_multilayer_select", multilayer.DEFAULT_LAYERS))
+
+
 def validate_addon_args(args: Any, tower_layers: int, grid_side: int, has_cls: bool) -> None:
     """Check flag values against the tower's depth and grid before any model is loaded."""
     if getattr(args, "use_multilayer_features", False):
-        multilayer.validate_layers(multilayer.parse_layers(args.mm_multilayer_select), tower_layers)
+        multilayer.validate_layers(_layers(args), tower_layers)
     if getattr(args, "compression_after_projection", False):
         if has_cls:
             raise ValueError("--compression_after_projection needs a square patch grid: use "
@@ -56,7 +60,7 @@ def configure_addons(config: Any, args: Any, tower: Any, input_embeddings: torch
     has_cls = getattr(args, "mm_vision_select_feature", "patch") == "cls_patch"
     validate_addon_args(args, tower.num_layers, tower.num_patches_per_side, has_cls)
     if getattr(args, "use_multilayer_features", False):
-        multilayer.configure(config, multilayer.parse_layers(args.mm_multilayer_select),
+        multilayer.configure(config, _layers(args),
                              getattr(args, "mm_multilayer_post_norm", False), tower.num_layers)
     if getattr(args, "add_spatial_coordinates", False):
         config.add_spatial_coordinates = True
