@@ -159,3 +159,11 @@ def test_missing_files_name_the_flag(tmp_path):
     bad.write_text('{"question_id": 1}\n{oops\n')
     with pytest.raises(ValueError, match="line 2"):
         eval_textvqa.predictions_by_id(bad)
+
+
+def test_single_line_jsonl_is_a_list(tmp_path):
+    from llava.eval.eval_textvqa import read_jsonl_or_json
+
+    path = tmp_path / "answers.jsonl"
+    path.write_text('{"question_id": 1, "text": "red"}\n')
+    assert read_jsonl_or_json(path, "--result-file") == [{"question_id": 1, "text": "red"}]

@@ -81,10 +81,11 @@ def read_jsonl_or_json(path: str | Path, flag: str) -> Any:
     if not p.exists():
         raise FileNotFoundError(f"{flag} {str(p)!r} does not exist")
     text = p.read_text()
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
+    if p.suffix != ".jsonl":  # a .jsonl file is always read line by line, even with a single line
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            pass
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
