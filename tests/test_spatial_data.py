@@ -129,3 +129,18 @@ def test_cli(tmp_path):
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "test_questions.jsonl").is_file() and len(list((tmp_path / "images").glob("*.png"))) == 5
+
+
+def test_exhaustive_conversations_cover_every_object(tmp_path):
+    paths = generate(tmp_path / "a", num_train=20, num_test=4, image_size=32, grid=2, seed=3, exhaustive=True)
+    generate(tmp_path / "b", num_train=20, num_test=4, image_size=32, grid=2, seed=3, exhaustive=True)
+    assert _tree(tmp_path / "a") == _tree(tmp_path / "b")
+    scenes = {s["image"]: s["objects"] for s in json.loads(Path(paths["scenes"]).read_text())["train"]}
+    for sample in json.loads(Path(paths["finetune"]).read_text()):
+        objects, conv = scenes[sample["image"]], sample["conversations"]
+        questions = [h["value"].replace("<image>\n", "").split("\n")[0] for h in conv[::2]]
+        for human, gpt in zip(conv[::2], conv[1::2]):
+            assert answer_from_scene(human["value"].replace("<image>\n", ""), objects) == gpt["value"]
+        for o in objects:
+            assert f"What color is the shape in the {o['cell']}?" in questions
+            assert f"Where is the {o['colour']} {o['shape']}?" in questions

@@ -166,6 +166,15 @@ def questions_for(objects: Sequence[SceneObject], rng: random.Random) -> list[QA
     return [q for q in qas if q is not None]
 
 
+def exhaustive_questions_for(objects: Sequence[SceneObject], rng: random.Random) -> list[QA]:
+    """Training questions that cover the scene: the colour of every occupied cell, the position of every
+    object, plus one relative-position (skipped for one object) and one counting question."""
+    qas = [QA(f"What color is the shape in the {o.cell}?", o.colour, "colour") for o in objects]
+    qas += [QA(f"Where is {_name(o)}?", o.cell, "absolute_position") for o in objects]
+    qas += [q for q in (relative_question(objects, rng), counting_question(objects, rng)) if q is not None]
+    return qas
+
+
 def _signature(objects: Sequence[SceneObject]) -> tuple:
     return tuple((o.colour, o.shape, o.row, o.col) for o in objects)
 
@@ -179,11 +188,14 @@ def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
 
 
 def generate(output_dir: str | Path, num_train: int = 1000, num_test: int = 200, image_size: int = 48,
-             grid: int = 3, seed: int = 0, max_objects: int = 3, rounds: int = 2) -> dict[str, str]:
+             grid: int = 3, seed: int = 0, max_objects: int = 3, rounds: int = 2,
+             exhaustive: bool = False) -> dict[str, str]:
     """Write the dataset under ``output_dir`` and return the paths of what was written.
 
     ``rounds`` is how many passes over the question categories each training conversation gets
-    (questions are shuffled within the conversation).
+    (questions are shuffled within the conversation). ``exhaustive`` instead asks, once each, the colour
+    of every occupied cell and the position of every object (plus one relative-position and one counting
+    question) in each training conversation; the test split is the same either way.
     """
     if grid < 2:
         raise ValueError(f"--grid must be at least 2, got {grid}")
@@ -197,7 +209,7 @@ def generate(output_dir: str | Path, num_train: int = 1000, num_test: int = 200,
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     settings = dict(num_train=num_train, num_test=num_test, image_size=image_size, grid=grid, seed=seed,
-                    max_objects=max_objects, rounds=rounds)
+                    max_objects=max_objects, rounds=rounds, exhaustive=exhaustive)
 
     train_rng = random.Random(f"spatial-train-{seed}")
     train_scenes, seen = [], set()
@@ -211,7 +223,10 @@ def generate(output_dir: str | Path, num_train: int = 1000, num_test: int = 200,
         pretrain.append({"id": f"spatial_pretrain_{i}", "image": f"images/{name}", "conversations": [
             {"from": "human", "value": "<image>\nDescribe the shapes in the image."},
             {"from": "gpt", "value": caption(objs)}]})
-        qas = [qa for _ in range(rounds) for qa in questions_for(objs, train_rng)]
+        if exhaustive:
+            qas = exhaustive_questions_for(objs, train_rng)
+        else:
+            qas = [qa for _ in range(rounds) for qa in questions_for(objs, train_rng)]
         train_rng.shuffle(qas)
         conv = []
         for j, qa in enumerate(qas):
@@ -290,13 +305,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max_objects", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2, help="passes over the question categories per training image")
+    p.add_argument("--exhaustive", action="store_true", help="ask the colour of every occupied cell and the "
+                   "position of every object in each training conversation (instead of --rounds sampled passes)")
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
     a = build_parser().parse_args(argv)
-    paths = generate(a.output_dir, a.num_train, a.num_test, a.image_size, a.grid, a.seed, a.max_objects, a.rounds)
+    paths = generate(a.output_dir, a.num_train, a.num_test, a.image_size, a.grid, a.seed, a.max_objects, a.rounds,
+                     a.exhaustive)
     for k, v in paths.items():
         print(f"{k}={v}")
 
