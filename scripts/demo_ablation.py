@@ -219,7 +219,8 @@ def write_report(rows: list[dict[str, Any]], baseline: dict[str, float] | None, 
         "test answer. Train time: wall time of stage 1 + stage 2, DeepSpeed launches included.", "",
         table, "", "Variants:", *notes, "",
         f"Setup: {size.num_train} training images x "
-        + ("exhaustive questions" if size.exhaustive else f"{size.rounds} question rounds") + f", {size.num_test} test images, "
+        + ("exhaustive questions" if size.exhaustive else f"{size.rounds} question rounds")
+        + f", {size.num_test} test images, "
         f"{size.grid}x{size.grid} grid, {size.image_size}px images, tiny CLIP ({size.clip_layers} layers, hidden "
         f"{size.clip_hidden}, patch {size.patch_size} -> {size.tower_tokens} tokens), tiny Llama from scratch "
         f"(hidden {size.llm_hidden}, {size.llm_layers} layers); pretrain {size.pretrain_steps} steps lr "
