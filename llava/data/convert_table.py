@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
+from llava.utils.jsonl import parse_jsonl
 
 
 class MissingFieldError(KeyError):
@@ -59,14 +60,7 @@ def read_table(path: str | os.PathLike) -> list[dict[str, Any]]:
             return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
     text = p.read_text(encoding="utf-8")
     if suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{p}: line {n} is not valid JSON: {e}") from None
-        return rows
+        return parse_jsonl(text, f"{p}:")
     if suffix == ".json":
         data = json.loads(text)
         if not isinstance(data, list):

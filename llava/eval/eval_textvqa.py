@@ -19,6 +19,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from llava.utils.jsonl import parse_jsonl
+
 PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`",
                ",", "?", "!", ":", "*", "#", "%", "&", "$", "^", "~", "|")
 NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
@@ -86,14 +88,7 @@ def read_jsonl_or_json(path: str | Path, flag: str) -> Any:
             return json.loads(text)
         except json.JSONDecodeError:
             pass
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{flag} {str(p)!r} line {n} is not valid JSON: {e}") from None
-    return rows
+    return parse_jsonl(text, f"{flag} {str(p)!r}")
 
 
 def predictions_by_id(path: str | Path, flag: str = "--result-file") -> dict[str, str]:

@@ -33,8 +33,17 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from llava.mm_utils import KeywordsStoppingCriteria, get_model_name_from_path, load_image, process_images
-from llava.serve.inference import default_conv_mode, new_conversation, prompt_ids, stop_string, with_image_tokens
+from llava.mm_utils import get_model_name_from_path, load_image, process_images
+from llava.serve.inference import (
+    default_conv_mode,
+    generation_kwargs,
+    new_conversation,
+    pad_token_id,
+    prompt_ids,
+    stop_string,
+    with_image_tokens,
+)
+from llava.utils.jsonl import parse_jsonl
 
 ANSWER_ID_NAMESPACE = uuid.UUID("6f1c1e0a-3c5e-4e55-9a57-6c1a9b0e7d21")
 
@@ -47,14 +56,7 @@ def read_questions(path: str | os.PathLike) -> list[dict[str, Any]]:
     text = p.read_text()
     if text.lstrip().startswith("["):
         return json.loads(text)
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"--question-file {str(p)!r} line {n} is not valid JSON: {e}") from None
-    return rows
+    return parse_jsonl(text, f"--question-file {str(p)!r}")
 
 
 def split_list(items: Sequence[Any], n: int) -> list[list[Any]]:
@@ -115,17 +117,10 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[torch.Tensor], 
                    stop: str | None, temperature: float = 0.0, top_p: float | None = None, num_beams: int = 1,
                    max_new_tokens: int = 128) -> list[str]:
     """Generate one answer per prompt (left-padded batch); greedy when ``temperature`` is 0."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids, mask = left_pad(prompts, pad_id)
+    ids, mask = left_pad(prompts, pad_token_id(tokenizer))
     ids, mask = ids.to(model.device), mask.to(model.device)
-    kwargs: dict[str, Any] = dict(attention_mask=mask, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                                  use_cache=True, pad_token_id=pad_id)
-    if temperature > 0:
-        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
-    else:
-        kwargs.update(do_sample=False)
-    if stop and num_beams == 1:
-        kwargs["stopping_criteria"] = [KeywordsStoppingCriteria([stop], tokenizer, ids)]
+    kwargs = generation_kwargs(tokenizer, ids, stop, temperature, top_p, num_beams, max_new_tokens,
+                               attention_mask=mask)
     if images is not None:
         images = images.to(device=model.device, dtype=model.dtype)
     with torch.inference_mode():

@@ -31,22 +31,10 @@ class SpliceResult:
     labels: torch.Tensor | None
     image_mask: torch.Tensor
     """True where an image feature was written (inserted coordinate tokens excluded)."""
-    image_index: torch.Tensor
-    """(N, T) destination column of each image token in the output, -1 where truncated away."""
-    image_batch_index: torch.Tensor
-    """(N,) row of the output each image went to."""
     vision_features: torch.Tensor | None = None
     """(N, T, mm_hidden) projector input of the images (set by the model, for the regularizers)."""
     projected: torch.Tensor | None = None
     """(N, T, hidden) raw projector output of the images."""
-
-
-def count_image_placeholders(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Number of attended ``IMAGE_TOKEN_INDEX`` placeholders per sample, shape (B,)."""
-    is_img = input_ids == IMAGE_TOKEN_INDEX
-    if attention_mask is not None:
-        is_img &= attention_mask.bool()
-    return is_img.sum(dim=1)
 
 
 def splice_image_features(
@@ -80,11 +68,12 @@ def splice_image_features(
     is_img = (input_ids == IMAGE_TOKEN_INDEX) & valid
     per_sample = is_img.sum(dim=1)
     n_images, n_tokens = image_features.shape[0], image_features.shape[1]
-    if unused_images and int(per_sample.sum()) != 0:
+    n_placeholders = int(per_sample.sum())
+    if unused_images and n_placeholders != 0:
         raise ValueError("unused_images=True is only for batches without <image> placeholders")
-    if int(per_sample.sum()) != n_images and not unused_images:
+    if n_placeholders != n_images and not unused_images:
         raise ValueError(
-            f"The batch has {int(per_sample.sum())} <image> placeholders (per sample: {per_sample.tolist()}) "
+            f"The batch has {n_placeholders} <image> placeholders (per sample: {per_sample.tolist()}) "
             f"but {n_images} images were given. Each <image> in a prompt needs exactly one image; images "
             "are matched to placeholders in order, sample by sample."
         )
@@ -161,6 +150,4 @@ def splice_image_features(
         position_ids=position_ids,
         labels=new_labels,
         image_mask=image_mask,
-        image_index=torch.where(i_keep, i_dest, torch.full_like(i_dest, -1)),
-        image_batch_index=ib,
     )

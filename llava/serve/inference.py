@@ -52,6 +52,26 @@ def prompt_ids(conv: Conversation, tokenizer: Any) -> torch.Tensor:
                                  add_special_tokens=not templated).unsqueeze(0)
 
 
+def pad_token_id(tokenizer: Any) -> int | None:
+    """The tokenizer's pad id, else its eos id (generation needs one for finished rows)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def generation_kwargs(tokenizer: Any, input_ids: torch.Tensor, stop: str | None, temperature: float = 0.0,
+                      top_p: float | None = None, num_beams: int = 1, max_new_tokens: int = 512,
+                      **extra: Any) -> dict[str, Any]:
+    """``generate`` keyword arguments: greedy at temperature 0, else sampling; stop string as a criterion."""
+    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, use_cache=True,
+                                  pad_token_id=pad_token_id(tokenizer), **extra)
+    if temperature > 0:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+    else:
+        kwargs.update(do_sample=False)
+    if stop and num_beams == 1:
+        kwargs["stopping_criteria"] = [KeywordsStoppingCriteria([stop], tokenizer, input_ids)]
+    return kwargs
+
+
 def generate_reply(
     model: Any,
     tokenizer: Any,
@@ -66,14 +86,8 @@ def generate_reply(
     """Generate the assistant's answer to ``conv`` (whose last turn is the empty assistant turn)."""
     input_ids = prompt_ids(conv, tokenizer).to(model.device)
     stop = stop_string(conv)
-    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, use_cache=True,
-                                  streamer=streamer, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    if temperature > 0:
-        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
-    else:
-        kwargs.update(do_sample=False)
-    if stop and num_beams == 1:
-        kwargs["stopping_criteria"] = [KeywordsStoppingCriteria([stop], tokenizer, input_ids)]
+    kwargs = generation_kwargs(tokenizer, input_ids, stop, temperature, top_p, num_beams, max_new_tokens,
+                               streamer=streamer)
     if images is not None:
         images = images.to(device=model.device, dtype=model.dtype)
     with torch.inference_mode():
