@@ -184,9 +184,10 @@ def tokens_per_image(model_dir: Path, size: DemoSize) -> int:
     from transformers import AutoConfig
 
     import llava.model  # noqa: F401  (registers the llava_* configs)
-    from llava.model.addons.setup import tokens_per_image as count
+    from llava.model.addons.registry import AddonRegistry
 
-    return count(AutoConfig.from_pretrained(str(model_dir)), size.tower_tokens)
+    config = AutoConfig.from_pretrained(str(model_dir))
+    return AddonRegistry.for_config(config, None).pipeline(config).tokens_per_image(size.tower_tokens)
 
 
 def _cell(x: float | None) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -24,6 +23,7 @@ def merge_lora(model_path: str, model_base: str, save_model_path: str, dtype: st
     import torch
 
     from llava.model.builder import load_pretrained_model
+    from llava.utils.atomic import atomic_path
     from llava.utils.generation_config import sanitize_generation_config
 
     if os.path.exists(save_model_path) and os.listdir(save_model_path):
@@ -35,18 +35,9 @@ def merge_lora(model_path: str, model_base: str, save_model_path: str, dtype: st
     )
     for line in sanitize_generation_config(getattr(model, "generation_config", None)):
         print(f"[merge] generation_config fixed: {line}")
-    parent = os.path.dirname(os.path.abspath(save_model_path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(os.path.abspath(save_model_path))}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(save_model_path) as tmp:  # replaces an empty folder, checked above
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if os.path.isdir(save_model_path):
-            os.rmdir(save_model_path)  # empty, checked above
-        os.replace(tmp, save_model_path)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp)
     return save_model_path
 
 

@@ -114,7 +114,7 @@ def snapshot(model: torch.nn.Module, workdir: Path) -> tuple[dict[str, Any], dic
         "config": config,
         "mm_projector": {k: list(v.shape) for k, v in proj.items()},
         "loss_tp": float(tp.detach()),
-        "aux": {k: float(v) for k, v in aux.items()},
+        "aux": {k: float(v.detach()) for k, v in aux.items()},
     }
     return facts, tensors
 

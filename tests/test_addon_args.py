@@ -53,8 +53,8 @@ def test_zero_interleave_sparsity(monkeypatch, tmp_path, clip24):
 def test_default_multilayer_picks_fit_a_24_layer_tower(clip24):
     from types import SimpleNamespace
 
-    from llava.train.addon_args import AddonModelArguments
+    from llava.train.arguments import ModelArguments, check_addons
 
-    args = SimpleNamespace(**{**AddonModelArguments().__dict__, "use_multilayer_features": True,
+    args = SimpleNamespace(**{**ModelArguments().__dict__, "use_multilayer_features": True,
                               "vision_tower": clip24, "mm_vision_select_feature": "patch"})
-    AddonModelArguments.check(args, None, None)
+    check_addons(args)

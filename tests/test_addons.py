@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from types import SimpleNamespace
 
@@ -11,11 +12,13 @@ import torch
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.model.addons import compression, multilayer
 from llava.model.addons.rope2d import AxialRotaryEmbedding
-from llava.model.addons.setup import ADDON_DEFAULTS
+from llava.model.addons.registry import BUILTIN_ADDONS
 from llava.model.builder import load_pretrained_model
 from llava.testing.tiny_llava import build_tiny_llava
 
 IMG = IMAGE_TOKEN_INDEX
+ADDON_DEFAULTS = {f.name: f.default for a in BUILTIN_ADDONS for f in dataclasses.fields(a.Args)}
+ADDON_CONFIG_KEYS = {f.name for a in BUILTIN_ADDONS for f in dataclasses.fields(a.Config)}
 FLAGS = {
     "normalize": dict(normalize_projector=True),
     "multilayer": dict(use_multilayer_features=True, mm_multilayer_select="1,2,3"),
@@ -49,7 +52,7 @@ def test_vanilla_is_untouched_by_addon_code(tiny_llama, tiny_clip, llama_tokeniz
     explicit_off.save_pretrained(tmp_path / "b")
     assert (tmp_path / "a/config.json").read_bytes() == (tmp_path / "b/config.json").read_bytes()
     cfg = plain.config.to_dict()
-    assert not set(ADDON_DEFAULTS) & set(cfg), "vanilla config must not carry add-on fields"
+    assert not ADDON_CONFIG_KEYS & set(cfg), "vanilla config must not carry add-on fields"
     with torch.no_grad():
         out = plain(input_ids=IDS, attention_mask=MASK, images=images).logits
         torch.testing.assert_close(out, explicit_off(input_ids=IDS, attention_mask=MASK, images=images).logits,
@@ -87,7 +90,7 @@ def test_multilayer_and_coordinates_widen_projector_input(tiny_llama, tiny_clip,
     with torch.no_grad():
         hs = ml.get_vision_tower().vision_tower(images, output_hidden_states=True).hidden_states
         expected = torch.cat([hs[1], hs[2], hs[3]], dim=-1)[:, 1:]
-        torch.testing.assert_close(ml.get_vision_tower()(images), expected)
+        torch.testing.assert_close(ml.encode_image_blocks_with_aux(images)[2], expected)  # projector input x
         assert coords.encode_images(images).shape == (2, 4, 64)
     with pytest.raises(ValueError, match=r"^--mm_multilayer_select has layer\(s\) \[30\] but the vision tower has 4 "
                                          r"layers: valid indices are 0\.\.4 \(0 = embeddings\) or -5\.\.-1\.$"):

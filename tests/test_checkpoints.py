@@ -7,7 +7,8 @@ import torch
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model.builder import detect_checkpoint_kind, load_pretrained_model
-from llava.model.checkpoints import NON_LORA_FILE, atomic_torch_save, save_mm_projector, select_state
+from llava.model.checkpoints import NON_LORA_FILE, save_mm_projector
+from llava.utils.atomic import atomic_torch_save
 from llava.testing.tiny_llava import build_tiny_llava
 
 IDS = torch.tensor([[1, IMAGE_TOKEN_INDEX, 20, 21, 22, 23]])
@@ -69,7 +70,9 @@ def test_lora_round_trip_merges(tmp_path, tiny_llama, tiny_clip, llama_tokenizer
     peft_model.save_pretrained(tmp_path)
     model.config.save_pretrained(tmp_path)
     llama_tokenizer.save_pretrained(tmp_path)
-    atomic_torch_save(select_state(peft_model.named_parameters(), ["mm_projector"]), tmp_path / NON_LORA_FILE)
+    projector = {id(p) for p in model.get_model().mm_projector.parameters()}
+    non_lora = {k: v.detach().clone() for k, v in peft_model.named_parameters() if id(v) in projector}
+    atomic_torch_save(non_lora, tmp_path / NON_LORA_FILE)
     assert detect_checkpoint_kind(tmp_path) == "lora"
     _, loaded, _, _ = load_pretrained_model(str(tmp_path), tiny_llama, device="cpu")
     assert not any("lora" in n for n, _ in loaded.named_parameters())

@@ -78,11 +78,11 @@ def test_self_distill_identity_p2_gives_zero_and_grads_flow(tiny_llama, tiny_cli
         p2.weight.copy_(torch.eye(64))
         p2.bias.zero_()
     out = model(input_ids=IDS, attention_mask=MASK, labels=LABELS, images=images)
-    assert float(out.loss_cos) == pytest.approx(0.0, abs=1e-5)
+    assert float(out["aux_losses"]["cos"]) == pytest.approx(0.0, abs=1e-5)
     torch.nn.init.normal_(p2.weight)
     model.zero_grad()
     res = model.prepare_multimodal_splice(IDS, MASK, LABELS, images)
-    l_cos = model.cosine_regularizer_loss(res)
+    l_cos = model.auxiliary_losses(res)["cos"]
     assert 0.0 < float(l_cos) < 2.0
     l_cos.backward()
     assert model.get_model().mm_projector.weight.grad.abs().sum() > 0
@@ -94,7 +94,7 @@ def test_stop_grad_blocks_the_target_branch(tiny_llama, tiny_clip, images):
         m = build_tiny_llava(tiny_llama, tiny_clip, projector_type="linear", seed=1, mm_cosine_loss="self_distill",
                              mm_cosine_stop_grad=stop_grad)
         res = m.prepare_multimodal_splice(IDS, MASK, LABELS, images)
-        m.cosine_regularizer_loss(res).backward()
+        m.auxiliary_losses(res)["cos"].backward()
         # reference: the same loss with the target replaced by a constant copy
         ref = build_tiny_llava(tiny_llama, tiny_clip, projector_type="linear", seed=1, mm_cosine_loss="self_distill")
         rres = ref.prepare_multimodal_splice(IDS, MASK, LABELS, images)

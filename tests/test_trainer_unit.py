@@ -17,7 +17,7 @@ from llava.train.train import find_all_linear_names, find_resume_checkpoint
 from llava.train.trainer import LLaVATrainer, build_param_groups
 from llava.utils.generation_config import sanitize_generation_config
 from llava.utils.zero import (
-    get_mm_adapter_state_maybe_zero_3,
+    gather_named,
     get_peft_state_maybe_zero_3,
     get_peft_state_non_lora_maybe_zero_3,
     maybe_zero_3,
@@ -116,26 +116,6 @@ def test_validate_bits_without_bitsandbytes(tmp_path):
         validate_args(m, d, t)
 
 
-def test_validate_runs_addon_checks(tmp_path):
-    @dataclasses.dataclass
-    class AddonArgs:
-        my_flag: int = 0
-
-        @staticmethod
-        def check(model_args, data_args, training_args):
-            if model_args.my_flag < 0:
-                raise ValueError("--my_flag must be >= 0")
-
-    @dataclasses.dataclass
-    class ExtendedModelArguments(AddonArgs, ModelArguments):
-        pass
-
-    _, d, t = _parse(tmp_path)
-    validate_args(ExtendedModelArguments(my_flag=1, version="v1"), d, t)
-    with pytest.raises(ValueError, match="--my_flag must be >= 0"):
-        validate_args(ExtendedModelArguments(my_flag=-1, version="v1"), d, t)
-
-
 # ---- generation config ----
 
 def test_sanitize_generation_config_fixes_vicuna_style(tmp_path):
@@ -181,7 +161,8 @@ class _Toy(nn.Module):
 def test_param_groups_with_projector_lr():
     toy = _Toy()
     decay = ["body.weight", "mm_projector.0.weight", "mm_projector.2.weight", "frozen.weight"]
-    groups = build_param_groups(toy.named_parameters(), decay, 0.1, 2e-5)
+    projector_ids = {id(p) for p in toy.mm_projector.parameters()}  # membership by identity, not by name
+    groups = build_param_groups(toy.named_parameters(), decay, 0.1, 2e-5, projector_ids)
     ids = {id(p): n for n, p in toy.named_parameters()}
     summary = sorted((tuple(sorted(ids[id(p)] for p in g["params"])), g["weight_decay"], g.get("lr"))
                      for g in groups)
@@ -198,7 +179,7 @@ def test_param_groups_without_projector_lr_and_empty_groups_dropped():
     toy.requires_grad_(False)
     toy.mm_projector.requires_grad_(True)
     decay = ["mm_projector.0.weight", "mm_projector.2.weight"]
-    groups = build_param_groups(toy.named_parameters(), decay, 0.0, None)
+    groups = build_param_groups(toy.named_parameters(), decay, 0.0, None, {id(p) for p in toy.mm_projector.parameters()})
     assert len(groups) == 2 and all("lr" not in g for g in groups)
 
 
@@ -212,7 +193,7 @@ def test_zero_helpers_without_deepspeed():
              ("model.layers.0.q_proj.lora_A.weight", torch.ones(1)),
              ("model.layers.0.q_proj.bias", torch.ones(1)),
              ("model.layers.0.k_proj.bias", torch.ones(1))]
-    assert list(get_mm_adapter_state_maybe_zero_3(named, ["mm_projector"])) == ["model.mm_projector.0.weight"]
+    assert list(gather_named(named[:1])) == ["model.mm_projector.0.weight"]
     assert list(get_peft_state_maybe_zero_3(named, "none")) == ["model.layers.0.q_proj.lora_A.weight"]
     assert len(get_peft_state_maybe_zero_3(named, "all")) == 3
     assert sorted(get_peft_state_maybe_zero_3(named, "lora_only")) == [

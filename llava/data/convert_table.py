@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
+from llava.utils.atomic import atomic_write_text
 from llava.utils.jsonl import parse_jsonl
 
 
@@ -152,20 +153,12 @@ def eval_rows(records: Sequence[Mapping[str, Any]], category_key: str = "categor
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write JSON atomically (tmp file + rename), creating the folder."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, p)
+    atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False))
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> None:
     """Write JSONL atomically, creating the folder."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, p)
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def write_outputs(records: Sequence[Mapping[str, Any]], output: str | os.PathLike,

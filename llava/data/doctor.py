@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.mm_utils import load_image
+from llava.utils.atomic import atomic_write_text
 
 ERROR, WARNING = "error", "warning"
 
@@ -342,11 +343,7 @@ def summary_table(found: Sequence[dict[str, Any]]) -> str:
 
 def write_report(found: Sequence[dict[str, Any]], path: str) -> None:
     """One JSON object per line; the file is written to a temp name and renamed into place."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in found:
-            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in found))
 
 
 def build_parser() -> argparse.ArgumentParser:

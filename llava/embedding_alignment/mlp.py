@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from llava.utils.atomic import atomic_path
+
 from .store import atomic_write_json
 
 WEIGHTS_FILE = "mlp.safetensors"
@@ -40,9 +42,8 @@ def save_mlp(model: AlignmentMLP, out_dir: str | os.PathLike, extra: dict[str, A
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{WEIGHTS_FILE}.tmp"
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, out / WEIGHTS_FILE)
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
     atomic_write_json(out / CONFIG_FILE, {"d_in": model.d_in, "d_out": model.d_out, "hidden": model.hidden,
                                           "architecture": "Linear-LayerNorm-GELU-Linear", **(extra or {})})
 

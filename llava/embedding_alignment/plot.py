@@ -10,10 +10,11 @@ import csv
 import math
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
+
+from llava.utils.atomic import atomic_path
 
 from .metrics import Targets
 
@@ -27,12 +28,10 @@ def write_curves_csv(history: Sequence[dict[str, Any]], path: str | os.PathLike)
     if not history:
         return
     fields = [k for k, v in history[0].items() if not isinstance(v, dict)]
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, path)
 
 
 def _target_of(metric: str, targets: Targets) -> float:
@@ -92,6 +91,5 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike, targ
         draw.rectangle((x, h + 8, x + 14, h + 18), fill=colour)
         draw.text((x + 18, h + 6), split, fill="black")
         x += 90
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    img.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".tmp.png") as tmp:
+        img.save(tmp)

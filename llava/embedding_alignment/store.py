@@ -22,12 +22,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.lib import format as npy_format
+
+from llava.utils.atomic import atomic_torch_save, atomic_write_json  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -36,24 +37,6 @@ X_FILE = "X.npy"
 Y_FILE = "y.npy"
 FORMAT_VERSION = 1
 STORAGE_DTYPES = ("float16", "float32")
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temp file in the same folder + ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would make the manifest unreadable to other users
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read_manifest(dataset_dir: str | os.PathLike) -> dict[str, Any]:
@@ -306,12 +289,10 @@ def export_pt(dataset_dir: str | os.PathLike, out_path: str | os.PathLike | None
 
         rows = np.arange(n)
         out = Path(out_path) if out_path is not None else pairs.dir / "embeddings.pt"
-        tmp = out.with_name(f".{out.name}.tmp")
-        torch.save({"X": torch.from_numpy(pairs.x.read(rows).astype(np.float32)),
+        atomic_torch_save({"X": torch.from_numpy(pairs.x.read(rows).astype(np.float32)),
                     "y": torch.from_numpy(pairs.y.read(rows).astype(np.float32)),
                     "images": [r["path"] for r in pairs.manifest["images"]],
-                    "categories": [r["category"] for r in pairs.manifest["images"]]}, tmp)
-        os.replace(tmp, out)
+                    "categories": [r["category"] for r in pairs.manifest["images"]]}, out)
         return out
     finally:
         pairs.close()

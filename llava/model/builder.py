@@ -106,22 +106,29 @@ def load_pretrained_model(
     device: str | None = None,
     use_flash_attn: bool = False,
     torch_dtype: torch.dtype | None = None,
+    addon_modules: str | list[str] | tuple[str, ...] | None = None,
     **kwargs: Any,
 ) -> tuple[Any, torch.nn.Module, Any, int]:
     """Load ``(tokenizer, model, image_processor, context_len)`` like upstream LLaVA.
 
     ``model_name`` is accepted for upstream compatibility and ignored: the checkpoint kind comes
     from the files present. ``device`` defaults to CUDA when available, else CPU; the dtype to
-    float16 on CUDA and float32 on CPU.
+    float16 on CUDA and float32 on CPU. ``addon_modules``: the external add-on modules the
+    checkpoint was trained with (its ``config.json`` names them; they are imported only when
+    passed here, like ``trust_remote_code``).
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch_dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
     load_kwargs: dict[str, Any] = {"dtype": dtype, **_quant_kwargs(load_8bit, load_4bit), **kwargs}
+    kind = detect_checkpoint_kind(model_path)
+    if kind != "plain":
+        from .addons.registry import parse_module_list
+
+        load_kwargs["addon_modules"] = parse_module_list(addon_modules)
     if device_map is not None:
         load_kwargs["device_map"] = device_map
     load_kwargs["attn_implementation"] = "flash_attention_2" if use_flash_attn else "sdpa"
 
-    kind = detect_checkpoint_kind(model_path)
     logger.info("load_pretrained_model: %s is a %s checkpoint", model_path, kind)
     if kind == "lora":
         base = _require_base(kind, model_path, model_base)

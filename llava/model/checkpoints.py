@@ -6,32 +6,16 @@ Both are plain ``torch.save`` dicts of tensors keyed like upstream (``model.mm_p
 
 from __future__ import annotations
 
-import itertools
 import os
-import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from llava.utils.atomic import atomic_torch_save
+
 MM_PROJECTOR_FILE = "mm_projector.bin"
 NON_LORA_FILE = "non_lora_trainables.bin"
-PROJECTOR_KEYS = ("mm_projector",)
-
-
-def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temp file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -41,10 +25,19 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def select_state(named: Iterable[tuple[str, torch.Tensor]], keys_to_match: Iterable[str]) -> dict[str, torch.Tensor]:
-    """Detached CPU copies of the tensors whose name contains any of ``keys_to_match``."""
-    keys = tuple(keys_to_match)
-    return {k: v.detach().cpu().clone() for k, v in named if any(m in k for m in keys)}
+def projector_tensors(model: nn.Module, with_embeddings: bool = False) -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) of everything ``mm_projector.bin`` holds, named as in ``model``'s state dict.
+
+    Membership comes from the model itself (``projector_modules()``: the projector and the add-on
+    modules the registry says travel with it), by object identity, never from parameter names;
+    ``with_embeddings`` adds the input embeddings (upstream's projector file with ``mm_use_im_start_end``).
+    """
+    base = model.get_model()
+    keep = {id(t) for m in base.projector_modules() for t in m.state_dict(keep_vars=True).values()}
+    if with_embeddings:
+        keep.add(id(model.get_input_embeddings().weight))
+    named = list(model.named_parameters()) + list(model.named_buffers())
+    return [(k, t) for k, t in named if id(t) in keep]
 
 
 def strip_to(state: dict[str, torch.Tensor], marker: str) -> dict[str, torch.Tensor]:
@@ -57,15 +50,14 @@ def strip_to(state: dict[str, torch.Tensor], marker: str) -> dict[str, torch.Ten
 
 
 def save_mm_projector(model: nn.Module, output_dir: str | os.PathLike,
-                      state: dict[str, torch.Tensor] | None = None,
-                      keys_to_match: Iterable[str] = PROJECTOR_KEYS) -> Path:
+                      state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``output_dir/mm_projector.bin`` (upstream keys) and ``config.json``.
 
     Pass ``state`` when it was gathered already (ZeRO-3); otherwise it is taken from ``model``.
     """
     out = Path(output_dir)
     if state is None:
-        state = select_state(itertools.chain(model.named_parameters(), model.named_buffers()), keys_to_match)
+        state = {k: v.detach().cpu().clone() for k, v in projector_tensors(model)}
     atomic_torch_save(state, out / MM_PROJECTOR_FILE)
     config = getattr(model, "config", None)
     if config is not None:
@@ -115,22 +107,15 @@ def load_mm_projector(projector: nn.Module, path: str | os.PathLike) -> None:
     load_module_state(projector, state, f"mm_projector weights {path}")
 
 
-PROJECTOR_ADDON_MODULES = ("mm_projector_norm", "mm_projector_cos")
-"""Trainable add-on modules saved next to the projector in ``mm_projector.bin`` (own key prefixes)."""
-
-
 def load_projector_addons(base_model: nn.Module, path: str | os.PathLike) -> list[str]:
-    """Load every add-on module the model has (e.g. ``mm_projector_norm``) from a projector file.
+    """Load every add-on module that travels with the projector (e.g. ``mm_projector_norm``) from a file.
 
-    Returns the names loaded. A module the model has but the file lacks is an error: the file
-    was trained without that flag.
+    Returns the attribute names loaded. A module the model has but the file lacks is an error:
+    the file was trained without the flag that creates it.
     """
     state = load_weights_file(path)
     loaded = []
-    for name in PROJECTOR_ADDON_MODULES:
-        module = getattr(base_model, name, None)
-        if module is None:
-            continue
+    for name, module in base_model.addon_pipeline().module_states(base_model):
         sub = strip_to(state, f"{name}.")
         if not sub:
             raise ValueError(

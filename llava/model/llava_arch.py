@@ -1,12 +1,14 @@
 """LLaVA mixins: build the vision tower + projector, encode images, splice them into the LLM input.
 
 ``LlavaMetaModel`` goes in front of a family's base model (e.g. ``LlamaModel``);
-``LlavaMetaForCausalLM`` in front of its causal-LM class. ``encode_images`` is the seam where
-later add-ons hook in (tower -> projector -> ...).
+``LlavaMetaForCausalLM`` in front of its causal-LM class. The add-ons come from the add-on
+registry (:mod:`llava.model.addons.registry`); :meth:`LlavaMetaForCausalLM.encode_image_blocks_with_aux`
+runs their stages in the documented order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -18,15 +20,9 @@ from llava.constants import (
     DEFAULT_IMAGE_PATCH_TOKEN,
 )
 
-from .addons import compression, coordinates, cosine_reg, interleave, normalize, rope2d
-from .addons.layout import BlockLayout, grid_layout
-from .addons.setup import (
-    configure_addons,
-    configure_regularizers,
-    install_modules,
-    output_side,
-    projector_input_width,
-)
+from .addons.base import Geometry, Stage
+from .addons.registry import AddonPipeline, AddonRegistry
+from .block_layout import BlockLayout, grid_layout
 from .checkpoints import load_mm_projector, load_projector_addons
 from .multimodal_encoder.builder import build_vision_tower
 from .multimodal_projector.builder import build_vision_projector
@@ -34,14 +30,23 @@ from .multimodal_splice import SpliceResult, splice_image_features
 
 
 class LlavaMetaModel:
-    """Adds ``vision_tower`` and ``mm_projector`` to a base model when the config names a tower."""
+    """Adds ``vision_tower``, ``mm_projector`` and the add-on modules to a base model.
 
-    def __init__(self, config: Any) -> None:
+    ``addon_modules``: add-on modules from outside the package that this model may use (a saved
+    config naming others is refused: loading never imports code on its own).
+    """
+
+    def __init__(self, config: Any, addon_modules: str | Sequence[str] | None = None) -> None:
         super().__init__(config)
+        self.addon_registry = AddonRegistry.for_config(config, addon_modules)
         if getattr(config, "mm_vision_tower", None):
             self.vision_tower = build_vision_tower(config, delay_load=True)
             self.mm_projector = build_vision_projector(config)
-            install_modules(self)
+            self.addon_pipeline().build_modules(self)
+
+    def addon_pipeline(self) -> AddonPipeline:
+        """The enabled add-ons of the current config (cheap; reflects later config changes)."""
+        return self.addon_registry.pipeline(self.config)
 
     def get_vision_tower(self) -> nn.Module | None:
         tower = getattr(self, "vision_tower", None)
@@ -51,6 +56,7 @@ class LlavaMetaModel:
 
     def initialize_vision_modules(self, model_args: Any, fsdp: Any = None) -> None:
         """Build/load the tower and projector from training arguments and record upstream config fields."""
+        self.addon_registry = AddonRegistry.with_modules(getattr(model_args, "mm_addon_modules", None))
         self.config.mm_vision_tower = model_args.vision_tower
         tower = self.get_vision_tower()
         if tower is None:
@@ -64,31 +70,28 @@ class LlavaMetaModel:
         self.config.mm_vision_select_layer = model_args.mm_vision_select_layer
         self.config.mm_vision_select_feature = getattr(model_args, "mm_vision_select_feature", "patch")
         self.config.mm_patch_merge_type = getattr(model_args, "mm_patch_merge_type", "flat")
-        configure_addons(self.config, model_args, tower, self.embed_tokens.weight)
-        tower.configure_features(self.config)
-        self.config.mm_hidden_size = projector_input_width(self.config, tower.hidden_size)
-        configure_regularizers(self.config, model_args)
+        geo = Geometry(tower_layers=tower.num_layers, tower_side=tower.num_patches_per_side,
+                       tower_width=tower.hidden_size, has_cls=tower.select_feature == "cls_patch",
+                       llm_width=self.config.hidden_size)
+        self.addon_registry.configure(self.config, model_args, self, geo)
+        pipeline = self.addon_pipeline()
+        self.config.mm_hidden_size = pipeline.input_width(tower.hidden_size)
 
         if getattr(self, "mm_projector", None) is None:
             self.mm_projector = build_vision_projector(self.config)
         else:
             for p in self.mm_projector.parameters():
                 p.requires_grad = True
-        install_modules(self)  # after the projector, so add-ons never shift its random init
+        pipeline.build_modules(self)  # after the projector, so add-ons never shift its random init
 
         adapter = getattr(model_args, "pretrain_mm_mlp_adapter", None)
         if adapter:
             load_mm_projector(self.mm_projector, adapter)
             load_projector_addons(self, adapter)
 
-
     def projector_modules(self) -> list[nn.Module]:
-        """The projector plus the trainable add-on modules that travel with it (``mm_projector.bin``)."""
-        from .checkpoints import PROJECTOR_ADDON_MODULES
-
-        mods = [self.mm_projector]
-        mods += [getattr(self, n) for n in PROJECTOR_ADDON_MODULES if getattr(self, n, None) is not None]
-        return mods
+        """The projector plus the add-on modules that travel with it (``mm_projector.bin``)."""
+        return [self.mm_projector, *self.addon_pipeline().projector_modules(self)]
 
 
 class LlavaMetaForCausalLM:
@@ -112,30 +115,26 @@ class LlavaMetaForCausalLM:
     def encode_image_blocks_with_aux(
         self, images: torch.Tensor
     ) -> tuple[torch.Tensor, BlockLayout, torch.Tensor, torch.Tensor]:
-        """The vision seam, in order: tower (layer pick / multi-layer concat) -> + coordinates ->
-        projector -> normalization -> compression -> interleaved coordinate tokens.
+        """The vision pipeline, stage by stage (:class:`~llava.model.addons.base.Stage`):
+
+        tower (TOWER add-on picks from the hidden states, else ``mm_vision_select_layer``) ->
+        PRE_PROJECTOR -> projector -> POST_PROJECTOR -> POST_NORM -> grid layout -> BLOCK.
 
         Returns the blocks, their layout, the projector input x and the raw projector output P1(x)
-        (the last two feed the cosine regularizers).
+        (the last two feed the auxiliary losses).
         """
-        model, config = self.get_model(), self.config
+        model = self.get_model()
+        pipe = model.addon_pipeline()
         tower = model.get_vision_tower()
-        has_cls = tower.select_feature == "cls_patch"
-        side = tower.num_patches_per_side
-        feats = tower(images)
-        if coordinates.enabled(config):
-            feats = coordinates.append(feats, side, has_cls)
+        has_cls, side = tower.select_feature == "cls_patch", tower.num_patches_per_side
+        feats = tower(images, select=pipe.tower_selector(model, side, has_cls))
+        feats = pipe.run(Stage.PRE_PROJECTOR, feats, model, side, has_cls)
         projected = model.mm_projector(feats)
-        tokens = projected
-        if normalize.enabled(config):
-            tokens = model.mm_projector_norm(tokens)
-        if compression.enabled(config):
-            side = output_side(config, side)
-            tokens = compression.compress(tokens, side, config.mm_compression_mode)
-        layout = grid_layout(side, has_cls=has_cls, device=tokens.device)
-        if interleave.enabled(config):
-            tokens, layout = interleave.build_block(tokens, layout, config.mm_interleave_coord_ids,
-                                                    config.interleave_sparsity, model.embed_tokens)
+        tokens = pipe.run(Stage.POST_PROJECTOR, projected, model, side, has_cls)
+        tokens = pipe.run(Stage.POST_NORM, tokens, model, side, has_cls)
+        out_side = pipe.grid_side(side)
+        layout = grid_layout(out_side, has_cls=has_cls, device=tokens.device)
+        tokens, layout = pipe.run(Stage.BLOCK, (tokens, layout), model, out_side, has_cls)
         return tokens, layout, feats, projected
 
     @staticmethod
@@ -193,21 +192,27 @@ class LlavaMetaForCausalLM:
         side = padding_side or getattr(self.config, "tokenizer_padding_side", "right")
         res = splice_image_features(
             input_ids, attention_mask, labels, feats, embed,
-            max_length=getattr(self.config, "tokenizer_model_max_length", None),
-            padding_side=side, layout=layout, two_d=rope2d.enabled(self.config), unused_images=unused_images,
+            max_length=getattr(self.config, "tokenizer_model_max_length", None), padding_side=side,
+            layout=layout, two_d=self.get_model().addon_pipeline().uses_2d_positions, unused_images=unused_images,
         )
         if aux is not None:
             res.vision_features, res.projected = aux
         return res
 
-    def cosine_regularizer_loss(self, res: SpliceResult) -> torch.Tensor | None:
-        """L_cos on the real images of a spliced batch, or None when the regularizer is off."""
-        if not cosine_reg.enabled(self.config) or res.vision_features is None:
-            return None
-        loss = self.get_model().mm_projector_cos(res.vision_features, res.projected)
-        if not bool(res.image_mask.any()):  # only blank images (text-only batch): keep the graph, weight 0
-            loss = loss * 0.0
-        return loss
+    def auxiliary_losses(self, res: SpliceResult) -> dict[str, torch.Tensor]:
+        """{name: L_i} of the enabled auxiliary losses (positive weight) on a spliced batch's images.
+
+        A batch with only the blank image of a text-only batch keeps each term's graph at weight 0.
+        """
+        if res.vision_features is None:
+            return {}
+        model = self.get_model()
+        tower = model.get_vision_tower()
+        losses = model.addon_pipeline().aux_losses(model, res.vision_features, res.projected,
+                                                   tower.num_patches_per_side, tower.select_feature == "cls_patch")
+        if not bool(res.image_mask.any()):
+            losses = {k: v * 0.0 for k, v in losses.items()}
+        return losses
 
     def prepare_inputs_labels_for_multimodal(
         self,
@@ -234,11 +239,13 @@ class LlavaMetaForCausalLM:
     def initialize_vision_tokenizer(self, model_args: Any, tokenizer: Any) -> None:
         """Add ``<im_patch>`` / ``<im_start>`` ``<im_end>`` tokens when the flags ask for them.
 
-        With ``--interleave`` also records the coordinate strings' token ids in the config.
+        Add-ons that need the tokenizer record what they need (``--interleave``: the coordinate
+        strings' token ids).
         """
-        if interleave.enabled(self.config):
-            tower = self.get_vision_tower()
-            interleave.configure_tokens(self.config, tokenizer, output_side(self.config, tower.num_patches_per_side))
+        tower = self.get_vision_tower()
+        if tower is not None:
+            pipe = self.get_model().addon_pipeline()
+            pipe.configure_tokenizer(tokenizer, pipe.grid_side(tower.num_patches_per_side))
         if getattr(model_args, "mm_use_im_patch_token", False):
             tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
             self.resize_token_embeddings(len(tokenizer))

@@ -17,7 +17,7 @@ from torch import nn
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
-from .addons.layout import BlockLayout
+from .block_layout import BlockLayout
 
 
 @dataclass

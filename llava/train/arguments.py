@@ -5,10 +5,10 @@ Three dataclasses are parsed by ``transformers.HfArgumentParser``: :class:`Model
 subclass). :func:`validate_args` checks flag values right after parsing, before any model is
 loaded, and raises ``ValueError`` naming the flag and what to do.
 
-Extending: an add-on (later issues) declares its flags in a small dataclass *mixin* in its own
-module (every field with a default) and adds that class to ``ModelArguments``' bases. A mixin
-may define ``check(model_args, data_args, training_args)`` as a ``staticmethod``;
-:func:`validate_args` calls every such ``check`` found on the classes of the parsed objects.
+The add-on flags are not listed here: each add-on declares them in its own module and the
+add-on registry composes them into ``ModelArguments`` (:func:`model_arguments_class`; with
+``--mm_addon_modules`` the external add-ons' flags too). :func:`validate_args` checks them against
+the vision tower's and the LLM's ``config.json`` (no weights) through the registry.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from typing import Any
 
 import transformers
 
-from llava.train.addon_args import AddonModelArguments
+from llava.constants import DEFAULT_SELECT_LAYER, VALID_SELECT_FEATURES
+from llava.model.addons.base import Geometry
+from llava.model.addons.registry import AddonRegistry
 
 VALID_IMAGE_ASPECT_RATIOS = ("square", "pad")
-VALID_SELECT_FEATURES = ("patch", "cls_patch")
 VALID_PATCH_MERGE_TYPES = ("flat",)
 VALID_BITS = (4, 8, 16)
 VALID_QUANT_TYPES = ("nf4", "fp4")
@@ -31,10 +32,10 @@ VALID_LORA_BIAS = ("none", "all", "lora_only")
 
 
 @dataclass
-class ModelArguments(AddonModelArguments):
+class BaseModelArguments:
     """Which LLM, vision tower and projector to build, and what to train (upstream names).
 
-    The add-on flags come from :class:`~llava.train.addon_args.AddonModelArguments`.
+    :data:`ModelArguments` adds the built-in add-ons' flags (:func:`model_arguments_class`).
     """
 
     model_name_or_path: str | None = field(default="facebook/opt-125m")
@@ -44,13 +45,26 @@ class ModelArguments(AddonModelArguments):
     freeze_backbone: bool = field(default=False)
     tune_mm_mlp_adapter: bool = field(default=False, metadata={"help": "Train only the projector."})
     vision_tower: str | None = field(default=None)
-    mm_vision_select_layer: int | None = field(default=-1)
+    mm_vision_select_layer: int | None = field(default=DEFAULT_SELECT_LAYER)
     pretrain_mm_mlp_adapter: str | None = field(default=None, metadata={"help": "Path to mm_projector.bin."})
     mm_projector_type: str | None = field(default="linear")
     mm_use_im_start_end: bool = field(default=False)
     mm_use_im_patch_token: bool = field(default=True)
     mm_patch_merge_type: str | None = field(default="flat")
     mm_vision_select_feature: str | None = field(default="patch")
+    mm_addon_modules: str | None = field(default=None, metadata={
+        "help": "Comma-separated importable modules that define ADDONS (add-ons from outside this package); "
+                "their flags are listed by --help when this flag comes first. Recorded in config.json; "
+                "loading such a checkpoint needs the same modules passed explicitly."})
+
+
+def model_arguments_class(registry: AddonRegistry) -> type:
+    """``ModelArguments`` with every add-on flag of ``registry``."""
+    return registry.arguments_class(BaseModelArguments)
+
+
+ModelArguments = model_arguments_class(AddonRegistry())
+"""The model flags with the built-in add-ons (``model_arguments_class`` for external ones)."""
 
 
 @dataclass
@@ -81,7 +95,6 @@ class TrainingArguments(transformers.TrainingArguments):
     optim: str = field(default="adamw_torch")
     remove_unused_columns: bool = field(default=False)
     freeze_mm_mlp_adapter: bool = field(default=False)
-    mpt_attn_impl: str | None = field(default="triton")
     model_max_length: int = field(
         default=512,
         metadata={"help": "Maximum sequence length; sequences are right padded (and possibly truncated)."},
@@ -206,10 +219,31 @@ def validate_args(
         raise ValueError(
             "--tune_mm_mlp_adapter / --pretrain_mm_mlp_adapter need a projector, which needs --vision_tower."
         )
-    seen: set[Any] = set()
-    for obj in (model_args, data_args, training_args):
-        for cls in type(obj).__mro__:
-            check = cls.__dict__.get("check")
-            if isinstance(check, staticmethod) and check not in seen:
-                seen.add(check)
-                check.__func__(model_args, data_args, training_args)
+    check_addons(model_args)
+
+
+def _llm_width(model_name_or_path: str) -> int | None:
+    """The LLM's hidden size from its config.json, or None when it cannot be read here."""
+    try:
+        cfg = transformers.AutoConfig.from_pretrained(model_name_or_path)
+    except (OSError, ValueError):
+        return None
+    return getattr(cfg, "hidden_size", None)
+
+
+def check_addons(model_args: Any) -> None:
+    """Dependent flags, values and geometry of every add-on (config.json files only, no weights)."""
+    from llava.model.multimodal_encoder.builder import vision_tower_geometry
+
+    registry = AddonRegistry.with_modules(getattr(model_args, "mm_addon_modules", None))
+    on = registry.enabled_from_args(model_args)
+    if not on:
+        return
+    if model_args.vision_tower is None:
+        names = ", ".join(f"--{a.switch}" for a, _ in on)
+        raise ValueError(f"{names} act(s) on image tokens and need(s) --vision_tower.")
+    layers, side, width = vision_tower_geometry(model_args.vision_tower)
+    geo = Geometry(tower_layers=layers, tower_side=side, tower_width=width,
+                   has_cls=getattr(model_args, "mm_vision_select_feature", "patch") == "cls_patch",
+                   llm_width=_llm_width(model_args.model_name_or_path))
+    registry.validate(on, geo)

@@ -1,13 +1,16 @@
-"""Trainer mixin for the cosine regularizers: correct weighting of lambda * L_cos, and its logging.
+"""Trainer mixin: the one place that forms L = L_TP + sum_i lambda_i * L_i, and logs every term.
 
-The model returns ``loss = L_TP + lambda * L_cos`` plus ``loss_tp``, ``loss_cos`` and
-``loss_cos_weighted``. The HF Trainer rescales a token-normalized loss for multi-process token
-averaging and skips its division by gradient-accumulation steps; both are right for L_TP (a
-token sum) but not for L_cos (a per-batch mean), so :meth:`compute_loss` re-weights that term to
-``lambda * L_cos / GA`` per micro-batch (averaged over ranks by the optimizer's gradient
-all-reduce). Every logging step adds ``loss_tp``, ``loss_cos``, ``loss_cos_weighted`` and
-``mm_cosine_lambda`` (means over the micro-batches since the last log, across all ranks), so they
-reach ``trainer_state.json`` and whatever ``--report_to`` names.
+The model returns ``loss`` = L_TP (token loss) and ``aux_losses`` = {name: L_i} (per-batch means,
+from the add-ons that declare an auxiliary loss; lambda_i comes from the add-on registry). The
+HF Trainer rescales a token-normalized loss for multi-process token averaging and skips its
+division by gradient-accumulation steps; both are right for L_TP (a token sum) but not for a
+per-batch mean, so each micro-batch adds ``lambda_i * L_i / GA`` in that case and
+``lambda_i * L_i`` otherwise (the Trainer then divides the whole loss by GA): lambda means the
+same at any accumulation, and the optimizer's gradient all-reduce averages over ranks.
+
+Every logging step adds ``loss_tp``, ``loss_<name>``, ``loss_<name>_weighted`` (means over the
+micro-batches with real images since the last log, summed across ranks) and each weight under its
+config key (e.g. ``mm_cosine_lambda``), so they reach ``trainer_state.json`` and ``--report_to``.
 """
 
 from __future__ import annotations
@@ -16,30 +19,34 @@ from typing import Any
 
 import torch
 
-AUX_KEYS = ("loss_tp", "loss_cos", "loss_cos_weighted")
+
+def addon_pipeline_of(model: Any) -> Any:
+    """The add-on pipeline of a (possibly wrapped) LLaVA model, or None for a plain LLM."""
+    get_model = getattr(model, "get_model", None)
+    base = get_model() if get_model is not None else None
+    return base.addon_pipeline() if base is not None and hasattr(base, "addon_pipeline") else None
 
 
 class AuxLossLoggingMixin:
     """Put in front of ``transformers.Trainer`` in the bases."""
 
-    def _aux_enabled(self) -> bool:
-        cfg = getattr(self.accelerator.unwrap_model(self.model), "config", None)
-        return getattr(cfg, "mm_cosine_loss", "none") not in (None, "none")
+    def _pipeline(self) -> Any:
+        return addon_pipeline_of(self.accelerator.unwrap_model(self.model))
 
-    def _aux_buffer(self) -> torch.Tensor:
+    def _aux_names(self) -> list[str]:
+        pipe = self._pipeline()
+        return list(pipe.aux_weights()) if pipe is not None else []
+
+    def _aux_buffer(self, n_aux: int) -> torch.Tensor:
         buf = getattr(self, "_aux_sums", None)
         if buf is None:
-            # [L_TP contributions, optimizer-step fractions, L_cos sum, lambda*L_cos sum, image micro-batches]
-            buf = torch.zeros(5, dtype=torch.float64, device=self.args.device)
+            # [L_TP contributions, optimizer-step fractions, image micro-batches, then per term: L_i, lambda_i*L_i]
+            buf = torch.zeros(3 + 2 * n_aux, dtype=torch.float64, device=self.args.device)
             self._aux_sums = buf
         return buf
 
-    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
-                                             num_items_in_batch=num_items_in_batch)
-        if not (model.training and self._aux_enabled() and isinstance(outputs, dict)):
-            return (loss, outputs) if return_outputs else loss
+    def _scaling(self, num_items_in_batch: Any) -> tuple[bool, float, int]:
+        """(loss already scaled for GA by the Trainer?, its token scale, GA steps)."""
         scaled_for_ga = getattr(self, "loss_is_scaled_for_ga", None)
         if scaled_for_ga is None:
             scaled_for_ga = bool(self.model_accepts_loss_kwargs and num_items_in_batch is not None)
@@ -47,34 +54,51 @@ class AuxLossLoggingMixin:
         if scaled_for_ga and self.args.average_tokens_across_devices:
             token_scale = float(self.accelerator.num_processes // self.get_tp_size())
         ga = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
-        buf = self._aux_buffer()
-        tp = outputs["loss_tp"] if "loss_tp" in outputs else outputs["loss"].detach()
-        # L_TP as the Trainer reports it: token-normalised losses are summed over micro-batches and
-        # scaled by the process count; per-batch means are averaged over the accumulation steps.
-        buf[0] += tp.double() * token_scale if scaled_for_ga else tp.double() / ga
-        buf[1] += 1.0 / ga
-        if "loss_cos_weighted" in outputs:
-            weighted = outputs["loss_cos_weighted"]
-            if scaled_for_ga:
-                loss = loss - weighted * token_scale + weighted / ga
-            if outputs.get("loss_cos_from_images", True):
-                buf[2] += outputs["loss_cos"].double()
-                buf[3] += weighted.detach().double()
-                buf[4] += 1
+        return scaled_for_ga, token_scale, ga
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                             num_items_in_batch=num_items_in_batch)
+        aux = outputs.get("aux_losses") if isinstance(outputs, dict) else None
+        if not aux:
+            return (loss, outputs) if return_outputs else loss
+        weights = self._pipeline().aux_weights()
+        scaled_for_ga, token_scale, ga = self._scaling(num_items_in_batch)
+        weighted = {k: weights[k] * v for k, v in aux.items()}
+        loss = loss + sum(weighted.values()) / (ga if scaled_for_ga and model.training else 1)
+        if model.training:
+            names = list(weights)
+            buf = self._aux_buffer(len(names))
+            tp = outputs["loss"].detach().double()
+            # L_TP as the Trainer reports it: token-normalised losses are summed over micro-batches and
+            # scaled by the process count; per-batch means are averaged over the accumulation steps.
+            buf[0] += tp * token_scale if scaled_for_ga else tp / ga
+            buf[1] += 1.0 / ga
+            if outputs.get("aux_from_images", True):
+                buf[2] += 1
+                for i, name in enumerate(names):
+                    if name in aux:
+                        buf[3 + 2 * i] += aux[name].detach().double()
+                        buf[4 + 2 * i] += weighted[name].detach().double()
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._aux_enabled():
-            buf = self._aux_buffer()
+        names = self._aux_names() if "loss" in logs else []
+        if names:
+            buf = self._aux_buffer(len(names))
             total = self.accelerator.reduce(buf.clone(), reduction="sum") if self.accelerator.num_processes > 1 \
                 else buf.clone()
-            steps, n_cos = float(total[1]), float(total[4])
+            steps, n_img = float(total[1]), float(total[2])
             if steps:
                 logs["loss_tp"] = round(float(total[0]) / steps, 6)
-            if n_cos:
-                logs["loss_cos"] = round(float(total[2]) / n_cos, 6)
-                logs["loss_cos_weighted"] = round(float(total[3]) / n_cos, 6)
-            cfg = self.accelerator.unwrap_model(self.model).config
-            logs["mm_cosine_lambda"] = float(getattr(cfg, "mm_cosine_lambda", 0.0))
+            if n_img:
+                for i, name in enumerate(names):
+                    logs[f"loss_{name}"] = round(float(total[3 + 2 * i]) / n_img, 6)
+                    logs[f"loss_{name}_weighted"] = round(float(total[4 + 2 * i]) / n_img, 6)
+            pipe = self._pipeline()
+            weights, keys = pipe.aux_weights(), pipe.aux_weight_keys()
+            for name in names:
+                logs[keys.get(name, f"lambda_{name}")] = float(weights[name])
             buf.zero_()
         super().log(logs, start_time)

@@ -28,12 +28,12 @@ from llava.train.arguments import (
     DataArguments,
     ModelArguments,
     TrainingArguments,
+    model_arguments_class,
     validate_args,
 )
 
 logger = logging.getLogger("llava.train")
 
-LORA_EXCLUDED_MODULES = ("mm_projector", "vision_tower", "vision_resampler", "lm_head")
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -46,7 +46,8 @@ def compute_dtype_for(training_args: TrainingArguments) -> torch.dtype:
     return torch.float32
 
 
-def _quantization_kwargs(training_args: TrainingArguments, dtype: torch.dtype) -> dict[str, Any]:
+def _quantization_kwargs(training_args: TrainingArguments, dtype: torch.dtype,
+                         skip_modules: list[str]) -> dict[str, Any]:
     if training_args.bits not in (4, 8):
         return {}
     try:
@@ -61,7 +62,7 @@ def _quantization_kwargs(training_args: TrainingArguments, dtype: torch.dtype) -
         "quantization_config": transformers.BitsAndBytesConfig(
             load_in_4bit=training_args.bits == 4,
             load_in_8bit=training_args.bits == 8,
-            llm_int8_skip_modules=["mm_projector"],
+            llm_int8_skip_modules=skip_modules,
             llm_int8_threshold=6.0,
             llm_int8_has_fp16_weight=False,
             bnb_4bit_compute_dtype=dtype,
@@ -74,10 +75,14 @@ def _quantization_kwargs(training_args: TrainingArguments, dtype: torch.dtype) -
 def load_model(model_args: ModelArguments, training_args: TrainingArguments,
                attn_implementation: str | None) -> transformers.PreTrainedModel:
     """The LLaVA class for the LLM's ``model_type`` when a vision tower is set, else the plain LLM."""
+    from llava.model.addons.registry import AddonRegistry
+
     dtype = compute_dtype_for(training_args)
+    registry = AddonRegistry.with_modules(model_args.mm_addon_modules)
+    skip = ["mm_projector", *registry.module_attributes()]  # bitsandbytes takes module names
     kwargs: dict[str, Any] = {"cache_dir": training_args.cache_dir,
                               "dtype": torch.bfloat16 if training_args.bf16 else torch.float32,
-                              **_quantization_kwargs(training_args, dtype)}
+                              **_quantization_kwargs(training_args, dtype, skip)}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     path = model_args.model_name_or_path
@@ -86,11 +91,23 @@ def load_model(model_args: ModelArguments, training_args: TrainingArguments,
     from llava.model import llava_class_for
 
     config = transformers.AutoConfig.from_pretrained(path, cache_dir=training_args.cache_dir)
-    return llava_class_for(config.model_type).from_pretrained(path, **kwargs)
+    return llava_class_for(config.model_type).from_pretrained(path, addon_modules=registry.external, **kwargs)
+
+
+def _not_for_lora(model: torch.nn.Module) -> set[int]:
+    """Object ids of every module inside the vision tower, the projector side and the LM head."""
+    roots = [model.get_output_embeddings()]
+    get_model = getattr(model, "get_model", None)
+    base = get_model() if get_model is not None else None
+    if base is not None and hasattr(base, "get_vision_tower"):
+        roots.append(base.get_vision_tower())
+        if getattr(base, "mm_projector", None) is not None:
+            roots += base.projector_modules()
+    return {id(m) for root in roots if root is not None for m in root.modules()}
 
 
 def find_all_linear_names(model: torch.nn.Module) -> list[str]:
-    """Short names of the LLM's linear layers for LoRA (projector, towers and lm_head excluded)."""
+    """Short names of the LLM's linear layers for LoRA (projector side, tower and lm_head excluded)."""
     linear_types: tuple[type, ...] = (torch.nn.Linear,)
     try:
         import bitsandbytes as bnb
@@ -98,10 +115,11 @@ def find_all_linear_names(model: torch.nn.Module) -> list[str]:
         bnb = None
     if bnb is not None:
         linear_types += (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+    excluded = _not_for_lora(model)
     names = {
         name.split(".")[-1]
         for name, module in model.named_modules()
-        if isinstance(module, linear_types) and not any(ex in name for ex in LORA_EXCLUDED_MODULES)
+        if isinstance(module, linear_types) and id(module) not in excluded
     }
     return sorted(names)
 
@@ -188,14 +206,12 @@ def setup_vision(model: Any, tokenizer: Any, model_args: ModelArguments, data_ar
     config.mm_projector_lr = training_args.mm_projector_lr
     config.mm_use_im_patch_token = model_args.mm_use_im_patch_token
     model.initialize_vision_tokenizer(model_args, tokenizer=tokenizer)
-    data_args.num_image_tokens = image_tokens_per_sample(model.config, tower)
+    data_args.num_image_tokens = image_tokens_per_sample(model, tower)
 
 
-def image_tokens_per_sample(config: Any, tower: Any) -> int:
-    """Tokens one image occupies in the LLM sequence (after any compression add-on)."""
-    from llava.model.addons.setup import tokens_per_image
-
-    return tokens_per_image(config, getattr(tower, "num_tokens", tower.num_patches))
+def image_tokens_per_sample(model: Any, tower: Any) -> int:
+    """Tokens one image occupies in the LLM sequence (after every add-on: compression, interleave ...)."""
+    return model.get_model().addon_pipeline().tokens_per_image(getattr(tower, "num_tokens", tower.num_patches))
 
 
 def find_resume_checkpoint(output_dir: str) -> str | None:
@@ -235,9 +251,28 @@ def init_distributed(training_args: TrainingArguments) -> None:
         deepspeed.init_distributed()
 
 
+def addon_modules_in(argv: list[str]) -> str | None:
+    """The value of ``--mm_addon_modules`` in a command line (``--flag value`` or ``--flag=value``)."""
+    flag = "--mm_addon_modules"
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def build_parser(argv: list[str]) -> transformers.HfArgumentParser:
+    """The training parser, with the flags of the add-ons named by ``--mm_addon_modules`` in ``argv``."""
+    from llava.model.addons.registry import AddonRegistry
+
+    model_cls = model_arguments_class(AddonRegistry.with_modules(addon_modules_in(argv)))
+    return transformers.HfArgumentParser((model_cls, DataArguments, TrainingArguments))
+
+
 def train(attn_implementation: str | None = None) -> None:
     """Parse the command line and run one training stage (pretrain, finetune, LoRA ...)."""
-    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser = build_parser(sys.argv[1:])
     model_args, data_args, training_args = parser.parse_args_into_dataclasses()
     validate_args(model_args, data_args, training_args)
     _setup_logging(training_args)

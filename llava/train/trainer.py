@@ -4,7 +4,8 @@ What differs from ``transformers.Trainer`` (only public/overridable Trainer meth
 
 * ``group_by_modality_length`` -> :class:`llava.train.sampler.LengthGroupedSampler` over the
   dataset's ``modality_lengths`` (image and text-only samples batched separately).
-* ``mm_projector_lr`` -> the projector gets its own parameter groups (decay / no decay) at that
+* ``mm_projector_lr`` -> the projector and the add-on modules that travel with it (by object
+  identity, from the add-on registry) get their own parameter groups (decay / no decay) at that
   learning rate; everything else keeps ``learning_rate``.
 * Projector-only training (``tune_mm_mlp_adapter``): model files in ``checkpoint-N`` and in the
   final folder are ``mm_projector.bin`` (upstream keys, gathered ZeRO-3-safely) + ``config.json``;
@@ -17,7 +18,6 @@ What differs from ``transformers.Trainer`` (only public/overridable Trainer meth
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 from collections.abc import Iterable
@@ -27,31 +27,28 @@ import torch
 from torch import nn
 from transformers import Trainer
 
-from llava.model.checkpoints import MM_PROJECTOR_FILE, NON_LORA_FILE, atomic_torch_save
+from llava.model.checkpoints import MM_PROJECTOR_FILE, NON_LORA_FILE, projector_tensors
 from llava.train.aux_loss_logging import AuxLossLoggingMixin
+from llava.utils.atomic import atomic_path, atomic_torch_save
 from llava.utils.generation_config import sanitize_generation_config
-from llava.utils.zero import get_mm_adapter_state_maybe_zero_3, get_peft_state_non_lora_maybe_zero_3
+from llava.utils.zero import gather_named, get_peft_state_non_lora_maybe_zero_3
 
 logger = logging.getLogger(__name__)
-
-PROJECTOR_KEY = "mm_projector"
 
 
 def atomic_save_config(config: Any, output_dir: str) -> None:
     """Write ``config.json`` for a ``PretrainedConfig`` atomically into ``output_dir``."""
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, "config.json")
-    tmp = f"{path}.tmp.{os.getpid()}"
-    config.to_json_file(tmp, use_diff=True)
-    os.replace(tmp, path)
+    with atomic_path(os.path.join(output_dir, "config.json")) as tmp:
+        config.to_json_file(tmp, use_diff=True)
 
 
-def projector_keys_to_match(config: Any) -> list[str]:
-    """Parameter-name fragments that make up the 'projector-only' checkpoint (upstream's choice)."""
-    keys = [PROJECTOR_KEY]
-    if getattr(config, "mm_use_im_start_end", False):
-        keys += ["embed_tokens", "embed_in"]
-    return keys
+def projector_param_ids(model: nn.Module) -> set[int]:
+    """Object ids of the parameters that travel with the projector (empty for a model without one)."""
+    get_model = getattr(model, "get_model", None)
+    base = get_model() if get_model is not None else None
+    if base is None or getattr(base, "mm_projector", None) is None:
+        return set()
+    return {id(p) for m in base.projector_modules() for p in m.parameters()}
 
 
 def build_param_groups(
@@ -59,11 +56,14 @@ def build_param_groups(
     decay_names: Iterable[str],
     weight_decay: float,
     mm_projector_lr: float | None,
+    projector_ids: set[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Optimizer groups: (decay, no-decay) x (rest, projector); projector groups get ``mm_projector_lr``.
 
+    ``projector_ids``: object ids of the projector-side parameters (:func:`projector_param_ids`).
     Frozen parameters are left out and empty groups dropped (DeepSpeed dislikes empty groups).
     """
+    projector_ids = projector_ids or set()
     decay = set(decay_names)
     buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {
         (d, p): [] for d in (True, False) for p in (False, True)
@@ -71,7 +71,7 @@ def build_param_groups(
     for name, param in named_params:
         if not param.requires_grad:
             continue
-        is_proj = mm_projector_lr is not None and PROJECTOR_KEY in name
+        is_proj = mm_projector_lr is not None and id(param) in projector_ids
         buckets[(name in decay, is_proj)].append(param)
     groups = []
     for (is_decay, is_proj), params in buckets.items():
@@ -111,7 +111,7 @@ class LLaVATrainer(AuxLossLoggingMixin, Trainer):
         opt_model = self.model if model is None else model
         groups = build_param_groups(
             opt_model.named_parameters(), self.get_decay_parameter_names(opt_model),
-            self.args.weight_decay, mm_projector_lr,
+            self.args.weight_decay, mm_projector_lr, projector_param_ids(opt_model),
         )
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
@@ -155,16 +155,13 @@ class LLaVATrainer(AuxLossLoggingMixin, Trainer):
 
     def _save_projector(self, output_dir: str) -> None:
         model = self._unwrapped()
+        if getattr(model.get_model(), "mm_projector", None) is None:
+            raise RuntimeError("--tune_mm_mlp_adapter is set but the model has no projector; was --vision_tower given?")
         # buffers too: e.g. the cosine regularizer's fixed embedding travels with the projector
-        state = get_mm_adapter_state_maybe_zero_3(itertools.chain(model.named_parameters(), model.named_buffers()),
-                                                  projector_keys_to_match(model.config))
+        with_embeddings = bool(getattr(model.config, "mm_use_im_start_end", False))
+        state = gather_named(projector_tensors(model, with_embeddings=with_embeddings))
         if not self.args.should_save:
             return
-        if not state:
-            raise RuntimeError(
-                "--tune_mm_mlp_adapter is set but the model has no parameter named '*mm_projector*'; "
-                "was --vision_tower given?"
-            )
         os.makedirs(output_dir, exist_ok=True)
         atomic_torch_save(state, os.path.join(output_dir, MM_PROJECTOR_FILE))
         atomic_save_config(model.config, output_dir)

@@ -33,8 +33,8 @@ def maybe_zero_3(param: torch.Tensor, ignore_status: bool = False, name: str | N
         return param.data.detach().cpu().clone()
 
 
-def _gather_all(named: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Gather a set of parameters in one collective (cheaper than one per tensor)."""
+def gather_named(named: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Full CPU copies of (name, tensor) pairs, ZeRO-3 partitioned ones gathered in one collective."""
     items = list(named)
     partitioned = [p for _, p in items if _is_partitioned(p)]
     if not partitioned:
@@ -43,14 +43,6 @@ def _gather_all(named: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Te
 
     with zero.GatheredParameters(partitioned):
         return {k: p.data.detach().cpu().clone() for k, p in items}
-
-
-def get_mm_adapter_state_maybe_zero_3(
-    named_params: Iterable[tuple[str, torch.Tensor]], keys_to_match: Iterable[str]
-) -> dict[str, torch.Tensor]:
-    """Full CPU copies of the parameters whose name contains any of ``keys_to_match``."""
-    keys = tuple(keys_to_match)
-    return _gather_all((k, t) for k, t in named_params if any(key in k for key in keys))
 
 
 def get_peft_state_maybe_zero_3(
@@ -68,7 +60,7 @@ def get_peft_state_maybe_zero_3(
                   if "lora_" in k or ("bias" in k and k.rsplit("bias", 1)[0] in lora_modules)]
     else:
         raise ValueError(f"lora_bias {bias!r} is not supported; valid values: none, all, lora_only")
-    return _gather_all(picked)
+    return gather_named(picked)
 
 
 def get_peft_state_non_lora_maybe_zero_3(
@@ -77,4 +69,4 @@ def get_peft_state_non_lora_maybe_zero_3(
     """Every non-LoRA parameter (by default only trainable ones, e.g. the projector) as full CPU tensors."""
     picked = [(k, t) for k, t in named_params
               if "lora_" not in k and (t.requires_grad or not require_grad_only)]
-    return _gather_all(picked)
+    return gather_named(picked)

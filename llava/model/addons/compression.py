@@ -10,16 +10,15 @@ length; we follow its README (a count) and reject anything ambiguous.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from .base import Addon, Geometry, Stage, StageContext, arg
+
 MODES = ("avg", "max", "bilinear")
-
-
-def enabled(config: Any) -> bool:
-    return bool(getattr(config, "compression_after_projection", False))
 
 
 def valid_sizes(grid_side: int) -> list[int]:
@@ -41,13 +40,6 @@ def validate(final_spatial_size: int | None, grid_side: int, mode: str = "avg") 
     return math.isqrt(final_spatial_size)
 
 
-def configure(config: Any, final_spatial_size: int, mode: str, grid_side: int) -> None:
-    validate(final_spatial_size, grid_side, mode)
-    config.compression_after_projection = True
-    config.final_spatial_size = int(final_spatial_size)
-    config.mm_compression_mode = mode
-
-
 def compress(tokens: torch.Tensor, out_side: int, mode: str = "avg") -> torch.Tensor:
     """(N, S*S, D) -> (N, s*s, D) with s = ``out_side``; row-major order is kept."""
     n, t, d = tokens.shape
@@ -65,3 +57,55 @@ def compress(tokens: torch.Tensor, out_side: int, mode: str = "avg") -> torch.Te
         pooled = F.interpolate(grid.float(), size=(out_side, out_side), mode="bilinear", antialias=True,
                                align_corners=False).to(grid.dtype)
     return pooled.reshape(n, d, out_side * out_side).transpose(1, 2)
+
+
+@dataclass
+class CompressionArgs:
+    compression_after_projection: bool = field(default=False, metadata={
+        "help": "Pool the projected image-token grid down to --final_spatial_size tokens."})
+    final_spatial_size: int | None = field(default=None, metadata={
+        "help": "Image tokens after compression (a token count: 1, 4, 16, 64, 144, ...)."})
+    mm_compression_mode: str | None = field(default=None, metadata={
+        "help": "Compression: avg (default), max or bilinear."})
+
+
+@dataclass
+class CompressionConfig:
+    compression_after_projection: bool = False
+    final_spatial_size: int | None = None
+    mm_compression_mode: str = "avg"
+
+
+class Compression(Addon):
+    """Post-normalization stage: (N, S*S, D) -> (N, s*s, D)."""
+
+    name = "compression"
+    Args = CompressionArgs
+    Config = CompressionConfig
+    switch = "compression_after_projection"
+    stage = Stage.POST_NORM
+
+    @classmethod
+    def from_args(cls, args: Any) -> CompressionConfig:
+        size = arg(args, cls, "final_spatial_size")
+        return CompressionConfig(True, None if size is None else int(size),
+                                 arg(args, cls, "mm_compression_mode") or "avg")
+
+    @classmethod
+    def validate(cls, cfg: CompressionConfig, geo: Geometry) -> None:
+        if geo.has_cls:
+            raise ValueError("--compression_after_projection needs a square patch grid: use "
+                             "--mm_vision_select_feature patch (not cls_patch).")
+        validate(cfg.final_spatial_size, geo.out_side, cfg.mm_compression_mode)
+
+    @classmethod
+    def grid_side(cls, cfg: CompressionConfig, side: int) -> int:
+        return validate(cfg.final_spatial_size, side, cfg.mm_compression_mode)
+
+    @classmethod
+    def tokens(cls, cfg: CompressionConfig, n: int) -> int:
+        return int(cfg.final_spatial_size)
+
+    @classmethod
+    def apply(cls, cfg: CompressionConfig, x: torch.Tensor, ctx: StageContext) -> torch.Tensor:
+        return compress(x, cls.grid_side(cfg, ctx.side), cfg.mm_compression_mode)

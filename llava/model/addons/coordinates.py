@@ -6,13 +6,12 @@ x grows left to right, y top to bottom; the projector input widens by 2. A CLS t
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-
-def enabled(config: Any) -> bool:
-    return bool(getattr(config, "add_spatial_coordinates", False))
+from .base import Addon, Stage, StageContext
 
 
 def grid_coordinates(side: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -31,3 +30,36 @@ def append(features: torch.Tensor, side: int, has_cls: bool) -> torch.Tensor:
     if coords.shape[0] != features.shape[1]:
         raise ValueError(f"add_spatial_coordinates: {features.shape[1]} tokens do not form a {side}x{side} grid")
     return torch.cat([features, coords.unsqueeze(0).expand(features.shape[0], -1, -1)], dim=-1)
+
+
+@dataclass
+class CoordinatesArgs:
+    add_spatial_coordinates: bool = field(default=False, metadata={
+        "help": "Append each patch's normalized (x, y) to its vision feature before the projector (+2 width)."})
+
+
+@dataclass
+class CoordinatesConfig:
+    add_spatial_coordinates: bool = False
+
+
+class Coordinates(Addon):
+    """Pre-projector stage: (N, T, C) -> (N, T, C + 2)."""
+
+    name = "coordinates"
+    Args = CoordinatesArgs
+    Config = CoordinatesConfig
+    switch = "add_spatial_coordinates"
+    stage = Stage.PRE_PROJECTOR
+
+    @classmethod
+    def from_args(cls, args: Any) -> CoordinatesConfig:
+        return CoordinatesConfig(True)
+
+    @classmethod
+    def input_width(cls, cfg: CoordinatesConfig, width: int) -> int:
+        return width + 2
+
+    @classmethod
+    def apply(cls, cfg: CoordinatesConfig, x: torch.Tensor, ctx: StageContext) -> torch.Tensor:
+        return append(x, ctx.side, ctx.has_cls)

@@ -20,6 +20,8 @@ real images only (never the blank image a text-only batch runs, never padding).
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,19 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..multimodal_projector.builder import make_projector
+from .base import Addon, Geometry, StageContext, arg
 
 LOSSES = ("none", "constrain", "self_distill")
 CONSTRAIN_MODES = ("embed", "gram")
 DEFAULT_LAMBDA = 0.1
 EMBED_SEED = 1234
-
-
-def enabled(config: Any) -> bool:
-    return getattr(config, "mm_cosine_loss", "none") not in (None, "none")
-
-
-def weight(config: Any) -> float:
-    return float(getattr(config, "mm_cosine_lambda", 0.0) or 0.0) if enabled(config) else 0.0
 
 
 def validate(loss: str, lam: float | None, mode: str) -> None:
@@ -48,24 +43,8 @@ def validate(loss: str, lam: float | None, mode: str) -> None:
     if mode not in CONSTRAIN_MODES:
         raise ValueError(f"--mm_cosine_constrain_mode {mode!r} is not supported; choose one of "
                          f"{', '.join(CONSTRAIN_MODES)}")
-    if lam is not None and lam < 0:
-        raise ValueError(f"--mm_cosine_lambda must be >= 0, got {lam}")
-
-
-def configure(config: Any, loss: str, lam: float | None, mode: str, stop_grad: bool) -> None:
-    validate(loss, lam, mode)
-    if loss == "none":
-        return
-    if loss == "constrain" and mode == "embed" and config.mm_hidden_size > config.hidden_size:
-        raise ValueError(
-            f"--mm_cosine_loss constrain embeds the {config.mm_hidden_size}-wide vision features isometrically "
-            f"into the {config.hidden_size}-wide LLM space, which needs mm_hidden_size <= hidden_size; use "
-            "--mm_cosine_constrain_mode gram instead."
-        )
-    config.mm_cosine_loss = loss
-    config.mm_cosine_lambda = DEFAULT_LAMBDA if lam is None else float(lam)
-    config.mm_cosine_constrain_mode = mode
-    config.mm_cosine_stop_grad = bool(stop_grad)
+    if lam is not None and (not math.isfinite(float(lam)) or float(lam) < 0):
+        raise ValueError(f"--mm_cosine_lambda must be a finite number >= 0, got {lam}")
 
 
 def orthonormal_embedding(d_in: int, d_out: int, seed: int = EMBED_SEED) -> torch.Tensor:
@@ -85,18 +64,17 @@ def gram(t: torch.Tensor) -> torch.Tensor:
     return t @ t.transpose(-1, -2)
 
 
-class CosineRegularizer(nn.Module):
+class CosineLoss(nn.Module):
     """Holds the fixed embedding (constrain/embed) or P2 (self_distill) and computes L_cos."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, loss: str, mode: str, stop_grad: bool, mm_hidden_size: int, hidden_size: int,
+                 projector_type: str) -> None:
         super().__init__()
-        self.loss = config.mm_cosine_loss
-        self.mode = getattr(config, "mm_cosine_constrain_mode", "embed")
-        self.stop_grad = bool(getattr(config, "mm_cosine_stop_grad", False))
+        self.loss, self.mode, self.stop_grad = loss, mode, bool(stop_grad)
         if self.loss == "constrain" and self.mode == "embed":
-            self.register_buffer("embed", orthonormal_embedding(config.mm_hidden_size, config.hidden_size))
+            self.register_buffer("embed", orthonormal_embedding(mm_hidden_size, hidden_size))
         if self.loss == "self_distill":
-            self.p2 = make_projector(config.mm_projector_type, config.hidden_size, config.hidden_size)
+            self.p2 = make_projector(projector_type, hidden_size, hidden_size)
 
     def forward(self, x: torch.Tensor, p1: torch.Tensor) -> torch.Tensor:
         """x: (N, T, mm_hidden) projector input; p1: (N, T, hidden) projector output -> scalar L_cos."""
@@ -110,5 +88,75 @@ class CosineRegularizer(nn.Module):
         return one_minus_cos(ex, p1).mean()
 
 
-def build(config: Any) -> CosineRegularizer:
-    return CosineRegularizer(config)
+@dataclass
+class CosineArgs:
+    mm_cosine_loss: str = field(default="none", metadata={
+        "help": "Cosine regularizer added to the LM loss: none, constrain or self_distill."})
+    mm_cosine_lambda: float | None = field(default=None, metadata={
+        "help": f"Weight lambda of L_cos (default {DEFAULT_LAMBDA} when a loss is chosen)."})
+    mm_cosine_constrain_mode: str | None = field(default=None, metadata={
+        "help": "constrain: 'embed' (default; fixed orthonormal embedding of x) or 'gram' (token-token "
+                "similarity)."})
+    mm_cosine_stop_grad: bool = field(default=False, metadata={
+        "help": "self_distill: detach the target P1(x) (SimSiam-style stop-gradient)."})
+
+
+@dataclass
+class CosineConfig:
+    mm_cosine_loss: str = "none"
+    mm_cosine_lambda: float | None = None
+    mm_cosine_constrain_mode: str = "embed"
+    mm_cosine_stop_grad: bool = False
+
+
+class CosineRegularizer(Addon):
+    """Auxiliary loss ``cos`` (weight ``mm_cosine_lambda``); ``model.mm_projector_cos`` travels with the projector."""
+
+    name = "cosine"
+    Args = CosineArgs
+    Config = CosineConfig
+    switch = "mm_cosine_loss"
+    modules = {"mm_projector_cos": True}
+    aux_name = "cos"
+    aux_weight_key = "mm_cosine_lambda"
+
+    @classmethod
+    def args_on(cls, args: Any) -> bool:
+        return arg(args, cls, "mm_cosine_loss") not in (None, "none")
+
+    @classmethod
+    def switch_hint(cls) -> str:
+        return "--mm_cosine_loss constrain or self_distill"
+
+    @classmethod
+    def enabled(cls, cfg: CosineConfig) -> bool:
+        return cfg.mm_cosine_loss not in (None, "none")
+
+    @classmethod
+    def from_args(cls, args: Any) -> CosineConfig:
+        loss, lam = arg(args, cls, "mm_cosine_loss"), arg(args, cls, "mm_cosine_lambda")
+        mode = arg(args, cls, "mm_cosine_constrain_mode") or "embed"
+        validate(loss, lam, mode)
+        return CosineConfig(loss, DEFAULT_LAMBDA if lam is None else float(lam), mode,
+                            bool(arg(args, cls, "mm_cosine_stop_grad")))
+
+    @classmethod
+    def validate(cls, cfg: CosineConfig, geo: Geometry) -> None:
+        wide = geo.llm_width is not None and geo.mm_hidden_size > geo.llm_width
+        if cfg.mm_cosine_loss == "constrain" and cfg.mm_cosine_constrain_mode == "embed" and wide:
+            raise ValueError(
+                f"--mm_cosine_loss constrain embeds the {geo.mm_hidden_size}-wide vision features isometrically "
+                f"into the {geo.llm_width}-wide LLM space, which needs mm_hidden_size <= hidden_size; use "
+                "--mm_cosine_constrain_mode gram instead."
+            )
+
+    @classmethod
+    def build(cls, cfg: CosineConfig, model_config: Any) -> dict[str, nn.Module]:
+        return {"mm_projector_cos": CosineLoss(cfg.mm_cosine_loss, cfg.mm_cosine_constrain_mode,
+                                               cfg.mm_cosine_stop_grad, model_config.mm_hidden_size,
+                                               model_config.hidden_size, model_config.mm_projector_type)}
+
+    @classmethod
+    def aux_loss(cls, cfg: CosineConfig, ctx: StageContext, vision_x: torch.Tensor,
+                 projected: torch.Tensor) -> torch.Tensor:
+        return ctx.modules["mm_projector_cos"](vision_x, projected)

@@ -10,16 +10,14 @@ The reference implementation never passed k on; here it is used.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from .layout import BlockLayout
-
-
-def enabled(config: Any) -> bool:
-    return bool(getattr(config, "interleave", False))
+from ..block_layout import BlockLayout
+from .base import Addon, Geometry, Stage, StageContext, arg
 
 
 def validate_sparsity(k: int | None) -> int:
@@ -31,18 +29,9 @@ def validate_sparsity(k: int | None) -> int:
     return int(k)
 
 
-def configure(config: Any, sparsity: int) -> None:
-    config.interleave = True
-    config.interleave_sparsity = validate_sparsity(sparsity)
-
-
 def coordinate_token_ids(tokenizer: Any, side: int) -> list[list[int]]:
     """Token ids of "r,c" for every cell of a ``side`` x ``side`` grid (row-major)."""
     return [tokenizer(f"{r},{c}", add_special_tokens=False).input_ids for r in range(side) for c in range(side)]
-
-
-def configure_tokens(config: Any, tokenizer: Any, side: int) -> None:
-    config.mm_interleave_coord_ids = coordinate_token_ids(tokenizer, side)
 
 
 def build_block(features: torch.Tensor, base: BlockLayout, coord_ids: list[list[int]], sparsity: int,
@@ -50,6 +39,9 @@ def build_block(features: torch.Tensor, base: BlockLayout, coord_ids: list[list[
     """(N, T, D) features -> (N, T', D) blocks with coordinate embeddings inserted, plus their layout."""
     device = features.device
     t = features.shape[1]
+    if coord_ids is None:
+        raise ValueError("interleave: the config has no mm_interleave_coord_ids; call "
+                         "model.initialize_vision_tokenizer(model_args, tokenizer) once after building the model.")
     if len(coord_ids) != t:
         raise ValueError(
             f"interleave: the config has coordinate ids for {len(coord_ids)} cells but images have {t} tokens; "
@@ -71,3 +63,58 @@ def build_block(features: torch.Tensor, base: BlockLayout, coord_ids: list[list[
     blocks = torch.where(is_feature.view(1, -1, 1), features[:, src], coord_embeds.unsqueeze(0))
     layout = BlockLayout(rows=base.rows[src], cols=base.cols[src], is_feature=is_feature, side=base.side)
     return blocks, layout
+
+
+@dataclass
+class InterleaveArgs:
+    interleave: bool = field(default=False, metadata={
+        "help": "Insert 'row,col' coordinate tokens among the image tokens (see --interleave_sparsity)."})
+    interleave_sparsity: int | None = field(default=None, metadata={
+        "help": "Insert a coordinate string after every k-th image token (k >= 1, default 1)."})
+
+
+@dataclass
+class InterleaveConfig:
+    interleave: bool = False
+    interleave_sparsity: int = 1
+    mm_interleave_coord_ids: list[list[int]] | None = None
+
+
+class Interleave(Addon):
+    """Block stage: coordinate-string embeddings inserted after every k-th image token."""
+
+    name = "interleave"
+    Args = InterleaveArgs
+    Config = InterleaveConfig
+    switch = "interleave"
+    stage = Stage.BLOCK
+
+    @classmethod
+    def from_args(cls, args: Any) -> InterleaveConfig:
+        k = arg(args, cls, "interleave_sparsity")
+        return InterleaveConfig(True, validate_sparsity(1 if k is None else k))
+
+    @classmethod
+    def validate(cls, cfg: InterleaveConfig, geo: Geometry) -> None:
+        if geo.has_cls:
+            raise ValueError("--interleave needs a square patch grid: use --mm_vision_select_feature patch "
+                             "(not cls_patch).")
+        n = geo.out_side * geo.out_side
+        if cfg.interleave_sparsity > n:
+            raise ValueError(f"--interleave_sparsity {cfg.interleave_sparsity} is larger than the {n} tokens of "
+                             f"each image, so no coordinate would be inserted; use a value in 1..{n}.")
+
+    @classmethod
+    def tokens(cls, cfg: InterleaveConfig, n: int) -> int:
+        ids, k = cfg.mm_interleave_coord_ids, int(cfg.interleave_sparsity)
+        return n + sum(len(ids[j]) for j in range(len(ids)) if (j + 1) % k == 0) if ids else n
+
+    @classmethod
+    def configure_tokenizer(cls, cfg: InterleaveConfig, tokenizer: Any, side: int) -> InterleaveConfig:
+        return replace(cfg, mm_interleave_coord_ids=coordinate_token_ids(tokenizer, side))
+
+    @classmethod
+    def apply(cls, cfg: InterleaveConfig, x: Any, ctx: StageContext) -> Any:
+        tokens, layout = x
+        return build_block(tokens, layout, cfg.mm_interleave_coord_ids, cfg.interleave_sparsity,
+                           ctx.base_model.embed_tokens)

@@ -13,16 +13,15 @@ checkpoint rebuilds the same module. The reference implementation hard-codes t=0
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
+from .base import Addon, Stage, StageContext, read_config
+
 EPS = 1e-6
-
-
-def enabled(config: Any) -> bool:
-    return bool(getattr(config, "normalize_projector", False))
 
 
 def embedding_norm_stats(weight: torch.Tensor) -> tuple[float, float]:
@@ -58,12 +57,46 @@ class ProjectorNorm(nn.Module):
         return f"target={self.target:.4f}, max_norm={self.max_norm:.4f}"
 
 
-def configure(config: Any, input_embeddings: torch.Tensor) -> None:
-    """Record the flag and, the first time, the norm statistics of the LLM's input embeddings."""
-    config.normalize_projector = True
-    if getattr(config, "mm_norm_target", None) is None or getattr(config, "mm_norm_max", None) is None:
-        config.mm_norm_target, config.mm_norm_max = embedding_norm_stats(input_embeddings)
+@dataclass
+class NormalizeArgs:
+    normalize_projector: bool = field(default=False, metadata={
+        "help": "Rescale projected image tokens to the LLM's text-embedding norm (learnable gain, clipped)."})
 
 
-def build(config: Any) -> ProjectorNorm:
-    return ProjectorNorm(float(config.mm_norm_target), float(config.mm_norm_max))
+@dataclass
+class NormalizeConfig:
+    normalize_projector: bool = False
+    mm_norm_target: float | None = None
+    mm_norm_max: float | None = None
+
+
+class Normalize(Addon):
+    """Post-projector stage: ``model.mm_projector_norm`` (travels with the projector)."""
+
+    name = "normalize"
+    Args = NormalizeArgs
+    Config = NormalizeConfig
+    switch = "normalize_projector"
+    stage = Stage.POST_PROJECTOR
+    modules = {"mm_projector_norm": True}
+
+    @classmethod
+    def from_args(cls, args: Any) -> NormalizeConfig:
+        return NormalizeConfig(True)
+
+    @classmethod
+    def finalize(cls, cfg: NormalizeConfig, base_model: nn.Module) -> NormalizeConfig:
+        """Keep statistics a loaded config already has; else measure the LLM's input embeddings."""
+        old = read_config(base_model.config, cls)
+        if old.mm_norm_target is not None and old.mm_norm_max is not None:
+            return replace(cfg, mm_norm_target=old.mm_norm_target, mm_norm_max=old.mm_norm_max)
+        target, max_norm = embedding_norm_stats(base_model.embed_tokens.weight)
+        return replace(cfg, mm_norm_target=target, mm_norm_max=max_norm)
+
+    @classmethod
+    def build(cls, cfg: NormalizeConfig, model_config: Any) -> dict[str, nn.Module]:
+        return {"mm_projector_norm": ProjectorNorm(float(cfg.mm_norm_target), float(cfg.mm_norm_max))}
+
+    @classmethod
+    def apply(cls, cfg: NormalizeConfig, x: torch.Tensor, ctx: StageContext) -> torch.Tensor:
+        return ctx.modules["mm_projector_norm"](x)

@@ -11,14 +11,13 @@ scaling), and transformers' generation extends (2, B, L) position ids itself.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-
-def enabled(config: Any) -> bool:
-    return bool(getattr(config, "twoD_vision_embedding", False))
+from .base import Addon, Geometry
 
 
 class AxialRotaryEmbedding(nn.Module):
@@ -39,7 +38,38 @@ class AxialRotaryEmbedding(nn.Module):
         return torch.where(use_col, cos_c, cos_r), torch.where(use_col, sin_c, sin_r)
 
 
-def install(base_model: nn.Module) -> None:
-    """Replace ``base_model.rotary_emb`` by its axial wrapper (idempotent)."""
-    if not isinstance(base_model.rotary_emb, AxialRotaryEmbedding):
-        base_model.rotary_emb = AxialRotaryEmbedding(base_model.rotary_emb)
+@dataclass
+class Rope2DArgs:
+    twoD_vision_embedding: bool = field(default=False, metadata={
+        "help": "Axial 2D RoPE for image tokens (row/column); text keeps 1D positions."})
+
+
+@dataclass
+class Rope2DConfig:
+    twoD_vision_embedding: bool = False
+
+
+class Rope2D(Addon):
+    """Wraps the LLM's rotary embedding; image blocks get (row, column) position streams."""
+
+    name = "rope2d"
+    Args = Rope2DArgs
+    Config = Rope2DConfig
+    switch = "twoD_vision_embedding"
+    uses_2d_positions = True
+
+    @classmethod
+    def from_args(cls, args: Any) -> Rope2DConfig:
+        return Rope2DConfig(True)
+
+    @classmethod
+    def validate(cls, cfg: Rope2DConfig, geo: Geometry) -> None:
+        if geo.has_cls:
+            raise ValueError("--twoD_vision_embedding needs a square patch grid: use "
+                             "--mm_vision_select_feature patch (not cls_patch).")
+
+    @classmethod
+    def install(cls, cfg: Rope2DConfig, base_model: nn.Module) -> None:
+        """Replace ``base_model.rotary_emb`` by its axial wrapper (idempotent)."""
+        if not isinstance(base_model.rotary_emb, AxialRotaryEmbedding):
+            base_model.rotary_emb = AxialRotaryEmbedding(base_model.rotary_emb)

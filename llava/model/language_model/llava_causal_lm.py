@@ -13,7 +13,6 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin
 
-from ..addons import cosine_reg
 from ..llava_arch import LlavaMetaForCausalLM
 
 
@@ -27,7 +26,7 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
     llava_model_class: type[nn.Module]
     _keys_to_ignore_on_load_unexpected = [r"model\.vision_tower\."]
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, addon_modules: Any = None) -> None:
         # Skip the family's own causal-LM __init__ (it would build a text-only base model) and
         # build the same parts around the LLaVA base model instead.
         if "model_type" in vars(config):
@@ -36,7 +35,7 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
             del config.model_type
         family_causal_lm = self._family_causal_lm_class()
         super(family_causal_lm, self).__init__(config)
-        self.model = self.llava_model_class(config)
+        self.model = self.llava_model_class(config, addon_modules=addon_modules)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
@@ -61,7 +60,7 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
         image_sizes: Any = None,
         **kwargs: Any,
     ) -> Any:
-        loss_cos = None
+        aux: dict[str, torch.Tensor] = {}
         tower = self.get_vision_tower() if inputs_embeds is None and input_ids is not None else None
         # A text-only training batch runs one blank image through the same path as an image batch
         # (zero weight), so every rank builds the same graph: required by ZeRO-3 and DDP.
@@ -73,8 +72,8 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
                 unused_images=text_only_training)
             input_ids, inputs_embeds = None, res.inputs_embeds
             attention_mask, position_ids, labels = res.attention_mask, res.position_ids, res.labels
-            if labels is not None and cosine_reg.weight(self.config) > 0:
-                loss_cos = self.cosine_regularizer_loss(res)
+            if labels is not None:
+                aux = self.auxiliary_losses(res)
         out = super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -85,15 +84,12 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
             use_cache=use_cache,
             **kwargs,
         )
-        if loss_cos is not None and out.loss is not None:
-            # text-only training batches go through the same ops (their L_cos is 0 x the blank image's)
-            # so every rank builds the same graph; the trainer skips them when logging L_cos.
-            out["loss_cos_from_images"] = not text_only_training
-            lam = cosine_reg.weight(self.config)
-            out["loss_tp"] = out.loss.detach()
-            out["loss_cos"] = loss_cos.detach()
-            out["loss_cos_weighted"] = lam * loss_cos  # keeps its graph: the trainer re-weights it
-            out["loss"] = out.loss + lam * loss_cos
+        if aux and out.loss is not None:
+            # out.loss stays L_TP; the trainer forms L_TP + sum(lambda_i * L_i) (one owner of the
+            # weighting). Text-only training batches carry the same terms at weight 0 (same graph on
+            # every rank); aux_from_images tells the trainer not to log them.
+            out["aux_losses"] = aux
+            out["aux_from_images"] = not text_only_training
         return out
 
     @torch.no_grad()

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from transformers import CLIPVisionConfig, PretrainedConfig
 
 from .clip_encoder import CLIPVisionTower
 
-VISION_TOWERS: dict[str, type] = {
+VISION_TOWERS: Mapping[str, type] = MappingProxyType({
     "clip": CLIPVisionTower,
     "clip_vision_model": CLIPVisionTower,
-}
+})
 
 
 def vision_tower_model_type(name_or_path: str) -> str:
@@ -20,8 +22,8 @@ def vision_tower_model_type(name_or_path: str) -> str:
     return cfg_dict.get("model_type", "")
 
 
-def vision_tower_geometry(name_or_path: str) -> tuple[int, int]:
-    """(number of layers, patch-grid side) read from the tower's config.json, without weights."""
+def vision_tower_geometry(name_or_path: str) -> tuple[int, int, int]:
+    """(number of layers, patch-grid side, width) read from the tower's config.json, without weights."""
     model_type = vision_tower_model_type(name_or_path)
     if model_type not in VISION_TOWERS:
         raise ValueError(
@@ -29,7 +31,7 @@ def vision_tower_geometry(name_or_path: str) -> tuple[int, int]:
             f"supported model types: {', '.join(sorted(VISION_TOWERS))}"
         )
     cfg = CLIPVisionConfig.from_pretrained(name_or_path)
-    return cfg.num_hidden_layers, cfg.image_size // cfg.patch_size
+    return cfg.num_hidden_layers, cfg.image_size // cfg.patch_size, cfg.hidden_size
 
 
 def build_vision_tower(vision_tower_cfg: Any, **kwargs: Any) -> CLIPVisionTower:

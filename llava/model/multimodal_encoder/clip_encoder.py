@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
-from ..addons import multilayer
+from llava.constants import DEFAULT_SELECT_LAYER, VALID_SELECT_FEATURES
 
-VALID_SELECT_FEATURES = ("patch", "cls_patch")
+LayerSelector = Callable[[Sequence[torch.Tensor]], torch.Tensor]
 
 
 class CLIPVisionTower(nn.Module):
@@ -24,27 +25,17 @@ class CLIPVisionTower(nn.Module):
         super().__init__()
         self.is_loaded = False
         self.vision_tower_name = vision_tower
-        self.select_layer: int = getattr(args, "mm_vision_select_layer", -2)
+        self.select_layer: int = getattr(args, "mm_vision_select_layer", DEFAULT_SELECT_LAYER)
         self.select_feature: str = getattr(args, "mm_vision_select_feature", "patch")
-        self.configure_features(args)
         if self.select_feature not in VALID_SELECT_FEATURES:
             raise ValueError(
                 f"mm_vision_select_feature={self.select_feature!r} is not supported; "
                 f"valid values: {', '.join(VALID_SELECT_FEATURES)}"
             )
-        if not delay_load or getattr(args, "unfreeze_mm_vision_tower", False):
+        if not delay_load:
             self.load_model()
         else:
             self.cfg_only = CLIPVisionConfig.from_pretrained(self.vision_tower_name)
-
-    def configure_features(self, args: Any) -> None:
-        """Read the multi-layer settings (``use_multilayer_features`` ...) from a config or arguments."""
-        self.multilayer_select: list[int] | None = None
-        self.multilayer_post_norm = False
-        if multilayer.enabled(args):
-            self.multilayer_select = multilayer.parse_layers(
-                getattr(args, "mm_multilayer_select", multilayer.DEFAULT_LAYERS))
-            self.multilayer_post_norm = bool(getattr(args, "mm_multilayer_post_norm", False))
 
     def load_model(self, device_map: Any = None) -> None:
         """Load processor and weights (once); the tower is frozen."""
@@ -55,26 +46,26 @@ class CLIPVisionTower(nn.Module):
         self.vision_tower.requires_grad_(False)
         self.is_loaded = True
 
-    def feature_select(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """Pick ``select_layer`` (or concatenate the multi-layer picks); drop CLS unless ``cls_patch``."""
-        if self.multilayer_select is not None:
-            post = self.vision_tower.vision_model.post_layernorm if self.multilayer_post_norm else None
-            feats = multilayer.select(hidden_states, self.multilayer_select, post)
-        else:
-            feats = hidden_states[self.select_layer]
+    def feature_select(self, hidden_states: Sequence[torch.Tensor],
+                       select: LayerSelector | None = None) -> torch.Tensor:
+        """Pick ``select_layer`` (or what ``select`` makes of the hidden states); drop CLS unless ``cls_patch``."""
+        feats = select(hidden_states) if select is not None else hidden_states[self.select_layer]
         if self.select_feature == "patch":
             feats = feats[:, 1:]
         return feats
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, select: LayerSelector | None = None) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, T, C) features; ``select`` replaces the single-layer pick (multi-layer add-on)."""
         out = self.vision_tower(
             images.to(device=self.device, dtype=self.dtype), output_hidden_states=True
         )
-        return self.feature_select(out.hidden_states).to(images.dtype)
+        return self.feature_select(out.hidden_states, select).to(images.dtype)
 
     @property
-    def dummy_feature(self) -> torch.Tensor:
-        return torch.zeros(1, self.hidden_size, device=self.device, dtype=self.dtype)
+    def post_layernorm(self) -> nn.Module:
+        """The tower's final layer norm (``CLIPVisionModel.post_layernorm`` in transformers 5)."""
+        inner = getattr(self.vision_tower, "vision_model", self.vision_tower)
+        return inner.post_layernorm
 
     @property
     def dtype(self) -> torch.dtype:

@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from torch import nn
@@ -20,10 +21,6 @@ class IdentityMap(nn.Module):
 
     def forward(self, x, *args, **kwargs):
         return x
-
-    @property
-    def config(self) -> dict[str, str]:
-        return {"mm_projector_type": "identity"}
 
 
 def _linear(in_dim: int, out_dim: int) -> nn.Module:
@@ -47,10 +44,10 @@ def build_mlp_gelu(in_dim: int, out_dim: int, depth: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-PROJECTORS: dict[str, Callable[[int, int], nn.Module]] = {
+PROJECTORS: Mapping[str, Callable[[int, int], nn.Module]] = MappingProxyType({
     "linear": _linear,
     "identity": _identity,
-}
+})
 VALID_PROJECTOR_TYPES = ("linear", "identity", "mlp{N}x_gelu (e.g. mlp2x_gelu)")
 
 

@@ -3,6 +3,8 @@
 An image block is what replaces one ``<image>`` placeholder: T feature tokens, plus coordinate
 text tokens when ``--interleave`` is on. ``rows``/``cols`` give each block token's grid cell
 (used by 2D RoPE), ``is_feature`` marks true image features and ``side`` is the grid side.
+``extent_2d`` is how far the 2D position counter moves past the block when tokens are appended
+after the grid (e.g. register tokens); by default the grid side.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ class BlockLayout:
     cols: torch.Tensor
     is_feature: torch.Tensor
     side: int
+    extent_2d: int | None = None
 
     @property
     def length(self) -> int:
@@ -25,7 +28,9 @@ class BlockLayout:
 
     def advance(self, two_d: bool) -> int:
         """How far the position counter moves past the block: the grid side (2D) or the block length."""
-        return self.side if two_d else self.length
+        if two_d:
+            return self.side if self.extent_2d is None else self.extent_2d
+        return self.length
 
     def position_offsets(self, two_d: bool) -> torch.Tensor:
         """(2, T') offsets from the block's start position for the row and column streams."""
