@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import compression, coordinates, cosine_reg, interleave, multilayer, normalize, rope2d
+from . import compression, coordinates, cosine_reg, interleave, multilayer, normalize, registers, rope2d
 from .base import Addon, Geometry, Stage, StageContext, arg, dependent_flags, read_config, write_config
 
 BUILTIN_ADDONS: tuple[type[Addon], ...] = (
@@ -34,6 +34,7 @@ BUILTIN_ADDONS: tuple[type[Addon], ...] = (
     rope2d.Rope2D,
     interleave.Interleave,
     cosine_reg.CosineRegularizer,
+    registers.Registers,
 )
 MODULES_KEY = "mm_addon_modules"
 
