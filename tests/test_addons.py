@@ -11,8 +11,8 @@ import torch
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.model.addons import compression, multilayer
-from llava.model.addons.rope2d import AxialRotaryEmbedding
 from llava.model.addons.registry import BUILTIN_ADDONS
+from llava.model.addons.rope2d import AxialRotaryEmbedding
 from llava.model.builder import load_pretrained_model
 from llava.testing.tiny_llava import build_tiny_llava
 

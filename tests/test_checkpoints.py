@@ -8,8 +8,8 @@ import torch
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model.builder import detect_checkpoint_kind, load_pretrained_model
 from llava.model.checkpoints import NON_LORA_FILE, save_mm_projector
-from llava.utils.atomic import atomic_torch_save
 from llava.testing.tiny_llava import build_tiny_llava
+from llava.utils.atomic import atomic_torch_save
 
 IDS = torch.tensor([[1, IMAGE_TOKEN_INDEX, 20, 21, 22, 23]])
 

@@ -37,5 +37,6 @@ def test_multinorm_stages_train_save_and_reload(tmp_path_factory, tiny_llama, ti
 
     _, model, _, _ = load_pretrained_model(str(out), None, device="cpu")
     assert model.get_model().mm_projector_norm is not None
-    assert model.get_vision_tower().multilayer_select == [2, 3, 4]
+    enabled = {a.name: c for a, c in model.get_model().addon_pipeline().enabled}
+    assert enabled["multilayer"].mm_multilayer_select == [2, 3, 4] and "normalize" in enabled
     assert isinstance(_generate(str(out), str(Path(data.image_folder) / "000.png")), str)

@@ -179,7 +179,8 @@ def test_param_groups_without_projector_lr_and_empty_groups_dropped():
     toy.requires_grad_(False)
     toy.mm_projector.requires_grad_(True)
     decay = ["mm_projector.0.weight", "mm_projector.2.weight"]
-    groups = build_param_groups(toy.named_parameters(), decay, 0.0, None, {id(p) for p in toy.mm_projector.parameters()})
+    projector_ids = {id(p) for p in toy.mm_projector.parameters()}
+    groups = build_param_groups(toy.named_parameters(), decay, 0.0, None, projector_ids)
     assert len(groups) == 2 and all("lr" not in g for g in groups)
 
 

@@ -196,6 +196,10 @@ class AddonPipeline:
         return [getattr(base_model, m) for a, _ in self.enabled for m, travels in a.modules.items()
                 if travels and getattr(base_model, m, None) is not None]
 
+    def travelling_module_names(self) -> list[str]:
+        """Attribute names of the enabled add-ons' modules that travel with the projector."""
+        return [m for a, _ in self.enabled for m, travels in a.modules.items() if travels]
+
     def module_states(self, base_model: nn.Module) -> list[tuple[str, nn.Module]]:
         """(attribute, module) of every add-on module that travels with the projector."""
         return [(m, getattr(base_model, m)) for a, _ in self.enabled for m, travels in a.modules.items()
