@@ -240,3 +240,34 @@ def test_addon_config_keys_are_read_only_through_the_typed_view():
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
                     and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)):
                 assert node.args[1].value not in keys, f"{path}:{node.lineno} reads {node.args[1].value}"
+
+
+# ---- the one owner of the auxiliary losses ----
+
+def _projector_after_one_step(monkeypatch, tmp_path, tiny_llama, tiny_clip, data, batch, accum):
+    out = tmp_path / f"b{batch}x{accum}"
+    _train(monkeypatch, [
+        "--model_name_or_path", tiny_llama, "--vision_tower", tiny_clip, "--version", "plain",
+        "--mm_projector_type", "mlp2x_gelu", "--mm_vision_select_layer", "-2", "--tune_mm_mlp_adapter", "True",
+        "--data_path", data.pretrain_json, "--image_folder", data.image_folder, "--output_dir", str(out),
+        "--use_cpu", "True", "--max_steps", "1", "--per_device_train_batch_size", str(batch),
+        "--gradient_accumulation_steps", str(accum), "--optim", "sgd", "--learning_rate", "0.5",
+        "--lr_scheduler_type", "constant", "--report_to", "none", "--save_strategy", "no", "--seed", "0",
+        "--model_max_length", "128", "--mm_use_im_patch_token", "False", "--logging_steps", "1",
+        "--mm_cosine_loss", "self_distill", "--mm_cosine_lambda", "2.0"])
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    return torch.load(out / "mm_projector.bin", weights_only=True), history[0]
+
+
+def test_lambda_means_the_same_at_any_accumulation(monkeypatch, tmp_path, tiny_llama, tiny_clip):
+    data = write_shapes_dataset(tmp_path / "data", n=4)  # one optimizer step sees all 4 samples
+    one, log_one = _projector_after_one_step(monkeypatch, tmp_path, tiny_llama, tiny_clip, data, 4, 1)
+    two, log_two = _projector_after_one_step(monkeypatch, tmp_path, tiny_llama, tiny_clip, data, 2, 2)
+    assert set(one) == set(two)
+    for k in one:
+        torch.testing.assert_close(one[k], two[k], atol=2e-6, rtol=1e-5, msg=k)
+    for key in ("loss_tp", "loss_cos", "loss_cos_weighted", "loss"):
+        assert log_one[key] == pytest.approx(log_two[key], rel=1e-4), key
+    assert log_one["loss_cos_weighted"] == pytest.approx(2.0 * log_one["loss_cos"], rel=1e-5)
+    assert log_one["loss"] == pytest.approx(log_one["loss_tp"] + log_one["loss_cos_weighted"], rel=1e-4)
+    assert log_one["mm_cosine_lambda"] == 2.0

@@ -45,16 +45,13 @@ class AuxLossLoggingMixin:
             self._aux_sums = buf
         return buf
 
-    def _scaling(self, num_items_in_batch: Any) -> tuple[bool, float, int]:
-        """(loss already scaled for GA by the Trainer?, its token scale, GA steps)."""
+    def _scaling(self, num_items_in_batch: Any) -> tuple[bool, int]:
+        """(loss already scaled for GA and token averaging by the Trainer?, GA steps)."""
         scaled_for_ga = getattr(self, "loss_is_scaled_for_ga", None)
         if scaled_for_ga is None:
             scaled_for_ga = bool(self.model_accepts_loss_kwargs and num_items_in_batch is not None)
-        token_scale = 1.0
-        if scaled_for_ga and self.args.average_tokens_across_devices:
-            token_scale = float(self.accelerator.num_processes // self.get_tp_size())
         ga = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
-        return scaled_for_ga, token_scale, ga
+        return scaled_for_ga, ga
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
@@ -64,16 +61,16 @@ class AuxLossLoggingMixin:
         if not aux:
             return (loss, outputs) if return_outputs else loss
         weights = self._pipeline().aux_weights()
-        scaled_for_ga, token_scale, ga = self._scaling(num_items_in_batch)
+        scaled_for_ga, ga = self._scaling(num_items_in_batch)
         weighted = {k: weights[k] * v for k, v in aux.items()}
-        loss = loss + sum(weighted.values()) / (ga if scaled_for_ga and model.training else 1)
+        # L_TP as the Trainer reports it: ``loss`` here is already token-normalised over the GA window
+        # and scaled by the process count (summed over micro-batches), or a per-batch mean (averaged).
+        tp = loss.detach().double()
+        loss = loss + sum(weighted.values()) / (ga if scaled_for_ga else 1)
         if model.training:
             names = list(weights)
             buf = self._aux_buffer(len(names))
-            tp = outputs["loss"].detach().double()
-            # L_TP as the Trainer reports it: token-normalised losses are summed over micro-batches and
-            # scaled by the process count; per-batch means are averaged over the accumulation steps.
-            buf[0] += tp * token_scale if scaled_for_ga else tp / ga
+            buf[0] += tp if scaled_for_ga else tp / ga
             buf[1] += 1.0 / ga
             if outputs.get("aux_from_images", True):
                 buf[2] += 1

@@ -277,6 +277,7 @@ def train(attn_implementation: str | None = None) -> None:
     validate_args(model_args, data_args, training_args)
     _setup_logging(training_args)
     init_distributed(training_args)
+    transformers.set_seed(training_args.seed)  # before any module is built: the projector's init is seeded
 
     model = load_model(model_args, training_args, attn_implementation)
     model.config.use_cache = False
