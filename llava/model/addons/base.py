@@ -81,6 +81,15 @@ class Addon:
     uses_2d_positions: ClassVar[bool] = False
     aux_name: ClassVar[str | None] = None
     aux_weight_key: ClassVar[str | None] = None
+    config_defaults: ClassVar[tuple[tuple[str, Any], ...]] = ()
+    """(key, default) of ``Config``, computed once per class (the typed view reads through it)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Config" in cls.__dict__:
+            cls.config_defaults = tuple(
+                (f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory())
+                for f in dataclasses.fields(cls.Config))
 
     # ---- flags ----
     @classmethod
@@ -110,7 +119,7 @@ class Addon:
     # ---- config ----
     @classmethod
     def enabled(cls, cfg: Any) -> bool:
-        return bool(getattr(cfg, dataclasses.fields(cls.Config)[0].name))
+        return bool(getattr(cfg, cls.config_defaults[0][0]))
 
     # ---- geometry ----
     @classmethod
@@ -157,11 +166,8 @@ class Addon:
 
 def read_config(config: Any, addon: type[Addon]) -> Any:
     """The add-on's typed config read from a model config (absent keys take their defaults)."""
-    values = {}
-    for f in dataclasses.fields(addon.Config):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        values[f.name] = getattr(config, f.name, default)
-    return addon.Config(**values)
+    stored = vars(config)  # plain dict lookups: PretrainedConfig.__getattribute__ is slow in a forward
+    return addon.Config(**{name: stored.get(name, default) for name, default in addon.config_defaults})
 
 
 def write_config(config: Any, cfg: Any) -> None:
