@@ -22,7 +22,7 @@ def test_multinorm_stages_train_save_and_reload(tmp_path_factory, tiny_llama, ti
     _run("multiNormpretrain.sh", work / "pretrain.log", **env, DATA_PATH=data.pretrain_json, MAX_STEPS=4, LR=1e-2)
     pre = work / "ckpt" / "tiny-multinorm-pretrain"
     state = torch.load(pre / "mm_projector.bin", weights_only=True)
-    assert "model.mm_projector_norm.gain" in state
+    assert state["model.mm_projector_norm.weight"].shape == (64,)  # reference style: per-channel RMSNorm
     assert state["model.mm_projector.0.weight"].shape[1] == 3 * 32  # 3 layers x tower width
     assert len(_losses(pre)) == 4
 
@@ -31,7 +31,8 @@ def test_multinorm_stages_train_save_and_reload(tmp_path_factory, tiny_llama, ti
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["normalize_projector"] is True and cfg["use_multilayer_features"] is True
     assert cfg["mm_multilayer_select"] == [2, 3, 4] and cfg["mm_hidden_size"] == 96
-    assert cfg["mm_norm_target"] > 0 and cfg["mm_norm_max"] >= cfg["mm_norm_target"]
+    assert cfg["mm_norm_style"] == "reference" and cfg["mm_multilayer_post_norm"] is True
+    assert (cfg["mm_norm_target"], cfg["mm_norm_max"]) == (0.83, 1.22)
 
     from llava.model.builder import load_pretrained_model
 

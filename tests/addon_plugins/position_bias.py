@@ -58,7 +58,7 @@ class PositionBiasAddon(Addon):
             raise ValueError(f"--position_bias_std must be >= 0, got {cfg.position_bias_std}")
 
     @classmethod
-    def finalize(cls, cfg: PositionBiasConfig, base_model: nn.Module) -> PositionBiasConfig:
+    def finalize(cls, cfg: PositionBiasConfig, base_model: nn.Module, geo: Geometry) -> PositionBiasConfig:
         return replace(cfg, position_bias_tokens=base_model.get_vision_tower().num_tokens)
 
     @classmethod

@@ -112,8 +112,8 @@ class Addon:
         """Raise ``ValueError`` naming the flag when ``cfg`` does not fit the geometry."""
 
     @classmethod
-    def finalize(cls, cfg: Any, base_model: nn.Module) -> Any:
-        """Fill fields that need the live model (default: none); returns the config to record."""
+    def finalize(cls, cfg: Any, base_model: nn.Module, geo: Geometry) -> Any:
+        """Fill fields that need the live model or the derived geometry (default: none); returns the config."""
         return cfg
 
     # ---- config ----
@@ -171,9 +171,11 @@ def read_config(config: Any, addon: type[Addon]) -> Any:
 
 
 def write_config(config: Any, cfg: Any) -> None:
-    """Record every field of a typed add-on config on the model config."""
+    """Record the fields of a typed add-on config on the model config (None is not written as a new key)."""
     for f in dataclasses.fields(cfg):
-        setattr(config, f.name, getattr(cfg, f.name))
+        value = getattr(cfg, f.name)
+        if value is not None or hasattr(config, f.name):
+            setattr(config, f.name, value)
 
 
 def arg(args: Any, addon: type[Addon], name: str) -> Any:

@@ -4,10 +4,14 @@ Computed per image token on the projector's own input x (vision features, with c
 ``--add_spatial_coordinates``) and raw output P1(x) — before normalization and compression — for
 real images only (never the blank image a text-only batch runs, never padding).
 
-* ``constrain`` (``--mm_cosine_constrain_mode embed``, default): L_cos = mean(1 - cos(E x, P1(x))),
-  where E is a fixed, seeded matrix with orthonormal columns mapping the tower width into the LLM
-  width, so ``||E x|| = ||x||`` and angles between vision features are kept. E is a persistent
-  buffer, so the loss is reproducible from a checkpoint.
+* ``constrain`` (``--mm_cosine_constrain_mode embed``, default): when the projector input and the
+  LLM have the same width (multiNorm on 7B: 4 x 1024 = 4096) it is the seed's formula,
+  L_cos = mean(1 - cos(x, P1(x))) (``mm_cosine_embed: identity`` in the config). When the widths
+  differ, L_cos = mean(1 - cos(E x, P1(x))), where E is a fixed, seeded matrix with orthonormal
+  columns mapping the tower width into the LLM width, so ``||E x|| = ||x||`` and angles between
+  vision features are kept. E is a persistent buffer, so the loss is reproducible from a
+  checkpoint. (Configs written before the identity case existed have no ``mm_cosine_embed`` and
+  keep E whatever the widths, so their checkpoints load unchanged.)
 * ``constrain`` with ``--mm_cosine_constrain_mode gram``: width-free; per image, G(x) and G(P1(x))
   are the token-token cosine-similarity matrices and L_cos = mean over images of
   1 - cos(vec G(x), vec G(P1(x))).
@@ -21,7 +25,7 @@ real images only (never the blank image a text-only batch runs, never padding).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -68,10 +72,12 @@ class CosineLoss(nn.Module):
     """Holds the fixed embedding (constrain/embed) or P2 (self_distill) and computes L_cos."""
 
     def __init__(self, loss: str, mode: str, stop_grad: bool, mm_hidden_size: int, hidden_size: int,
-                 projector_type: str) -> None:
+                 projector_type: str, identity: bool = False) -> None:
         super().__init__()
-        self.loss, self.mode, self.stop_grad = loss, mode, bool(stop_grad)
-        if self.loss == "constrain" and self.mode == "embed":
+        self.loss, self.mode, self.stop_grad, self.identity = loss, mode, bool(stop_grad), bool(identity)
+        if self.identity and mm_hidden_size != hidden_size:
+            raise ValueError(f"mm_cosine_embed identity needs equal widths, got {mm_hidden_size} and {hidden_size}")
+        if self.loss == "constrain" and self.mode == "embed" and not self.identity:
             self.register_buffer("embed", orthonormal_embedding(mm_hidden_size, hidden_size))
         if self.loss == "self_distill":
             self.p2 = make_projector(projector_type, hidden_size, hidden_size)
@@ -84,6 +90,8 @@ class CosineLoss(nn.Module):
         if self.mode == "gram":
             gx, gp = gram(x), gram(p1)
             return one_minus_cos(gx.flatten(1), gp.flatten(1)).mean()
+        if self.identity:
+            return one_minus_cos(x, p1).mean()
         ex = x.to(self.embed.dtype) @ self.embed.T
         return one_minus_cos(ex, p1).mean()
 
@@ -107,6 +115,8 @@ class CosineConfig:
     mm_cosine_lambda: float | None = None
     mm_cosine_constrain_mode: str = "embed"
     mm_cosine_stop_grad: bool = False
+    mm_cosine_embed: str | None = None
+    """``identity`` (equal widths: the seed's formula) or absent (the orthonormal E)."""
 
 
 class CosineRegularizer(Addon):
@@ -151,10 +161,18 @@ class CosineRegularizer(Addon):
             )
 
     @classmethod
+    def finalize(cls, cfg: CosineConfig, base_model: nn.Module, geo: Geometry) -> CosineConfig:
+        same = geo.llm_width is not None and geo.mm_hidden_size == geo.llm_width
+        if cfg.mm_cosine_loss == "constrain" and cfg.mm_cosine_constrain_mode == "embed" and same:
+            return replace(cfg, mm_cosine_embed="identity")
+        return cfg
+
+    @classmethod
     def build(cls, cfg: CosineConfig, model_config: Any) -> dict[str, nn.Module]:
         return {"mm_projector_cos": CosineLoss(cfg.mm_cosine_loss, cfg.mm_cosine_constrain_mode,
                                                cfg.mm_cosine_stop_grad, model_config.mm_hidden_size,
-                                               model_config.hidden_size, model_config.mm_projector_type)}
+                                               model_config.hidden_size, model_config.mm_projector_type,
+                                               identity=cfg.mm_cosine_embed == "identity")}
 
     @classmethod
     def aux_loss(cls, cfg: CosineConfig, ctx: StageContext, vision_x: torch.Tensor,

@@ -145,9 +145,9 @@ class AddonRegistry:
     def configure(self, config: Any, args: Any, base_model: nn.Module, geo: Geometry) -> None:
         """Validate the flags in ``args`` and record the enabled add-ons' configs on ``config``."""
         on = self.enabled_from_args(args)
-        self.validate(on, geo)
+        geo = self.validate(on, geo)
         for a, c in on:
-            write_config(config, a.finalize(c, base_model))
+            write_config(config, a.finalize(c, base_model, geo))
         if self.external:
             setattr(config, MODULES_KEY, list(self.external))
 
