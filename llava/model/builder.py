@@ -12,8 +12,10 @@ The kind of checkpoint is decided from the files present (never from the folder 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,16 @@ from .checkpoints import (
     load_mm_projector,
     load_projector_addons,
     load_weights_file,
+)
+from .reference_layout import (
+    ReferenceMapping,
+    is_reference_config,
+    log_mapping,
+    map_config,
+    map_keys,
+    map_state,
+    read_config_dict,
+    refuse_2d,
 )
 
 logger = logging.getLogger(__name__)
@@ -96,6 +108,68 @@ def _load_non_lora_trainables(model: torch.nn.Module, path: Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
+def _load_projector_file(model: torch.nn.Module, path: Path, reference: ReferenceMapping | None = None) -> None:
+    """The projector and the add-on modules that travel with it, from one ``mm_projector.bin``."""
+    state = load_weights_file(path)
+    if reference is not None:
+        state = map_state(state, reference)
+    load_mm_projector(model.get_model().mm_projector, path, state=state)
+    load_projector_addons(model.get_model(), path, state=state)
+
+
+def _load_lora(model_path: str, model_base: str | None, load_kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    base = _require_base("lora", model_path, model_base)
+    cfg = AutoConfig.from_pretrained(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path if _has_tokenizer(model_path) else base)
+    model = AutoModelForCausalLM.from_pretrained(base, config=cfg, **load_kwargs)
+    if model.get_input_embeddings().weight.shape[0] != len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    non_lora = Path(model_path) / NON_LORA_FILE
+    if non_lora.exists():
+        _load_non_lora_trainables(model, non_lora)
+    else:
+        logger.warning("%s has no %s: projector weights stay as in the base model", model_path, NON_LORA_FILE)
+    from peft import PeftModel
+
+    return tokenizer, PeftModel.from_pretrained(model, model_path).merge_and_unload()
+
+
+def _checkpoint_keys(model_path: str) -> list[str]:
+    """State-dict keys of a full checkpoint's weight files (read from headers / weights-only loads)."""
+    path = Path(model_path)
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (path / index).is_file():
+            return list(json.loads((path / index).read_text())["weight_map"])
+    if (path / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+            return list(f.keys())
+    return list(load_weights_file(path / "pytorch_model.bin"))
+
+
+def _load_reference(model_path: str, model_base: str | None, kind: str, reference: ReferenceMapping,
+                    load_kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """A Beyond Semantics reference checkpoint (full or projector-only), mapped onto our layout."""
+    if kind not in ("full", "projector_only"):
+        raise ValueError(f"{model_path}: a reference {kind} checkpoint cannot be mapped (only full and "
+                         "projector-only ones); merge it with the reference code first.")
+    cfg_dict = dict(reference.config)
+    cfg = AutoConfig.for_model(cfg_dict.pop("model_type"), **cfg_dict)
+    log_mapping(model_path, reference)
+    if kind == "projector_only":
+        base = _require_base(kind, model_path, model_base)
+        tokenizer = AutoTokenizer.from_pretrained(model_path if _has_tokenizer(model_path) else base)
+        model = AutoModelForCausalLM.from_pretrained(base, config=cfg, **load_kwargs)
+        _load_projector_file(model, Path(model_path) / MM_PROJECTOR_FILE, reference)
+        return tokenizer, model
+    renames = {f"^{re.escape(old)}$": new for old, new in map_keys(_checkpoint_keys(model_path), reference).items()
+               if new is not None}
+    tokenizer = AutoTokenizer.from_pretrained(model_path if _has_tokenizer(model_path) else model_base)
+    model = AutoModelForCausalLM.from_pretrained(model_path, config=cfg, key_mapping=renames, **load_kwargs)
+    return tokenizer, model
+
+
 def load_pretrained_model(
     model_path: str,
     model_base: str | None,
@@ -120,6 +194,10 @@ def load_pretrained_model(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch_dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
     load_kwargs: dict[str, Any] = {"dtype": dtype, **_quant_kwargs(load_8bit, load_4bit), **kwargs}
+    raw = read_config_dict(model_path) if Path(model_path).is_dir() else None
+    if raw is not None:
+        refuse_2d(raw, model_path)
+    reference = map_config(raw, model_path) if is_reference_config(raw) else None
     kind = detect_checkpoint_kind(model_path)
     if kind != "plain":
         from .addons.registry import parse_module_list
@@ -130,28 +208,16 @@ def load_pretrained_model(
     load_kwargs["attn_implementation"] = "flash_attention_2" if use_flash_attn else "sdpa"
 
     logger.info("load_pretrained_model: %s is a %s checkpoint", model_path, kind)
-    if kind == "lora":
-        base = _require_base(kind, model_path, model_base)
-        cfg = AutoConfig.from_pretrained(model_path)
-        tokenizer = AutoTokenizer.from_pretrained(model_path if _has_tokenizer(model_path) else base)
-        model = AutoModelForCausalLM.from_pretrained(base, config=cfg, **load_kwargs)
-        if model.get_input_embeddings().weight.shape[0] != len(tokenizer):
-            model.resize_token_embeddings(len(tokenizer))
-        non_lora = Path(model_path) / NON_LORA_FILE
-        if non_lora.exists():
-            _load_non_lora_trainables(model, non_lora)
-        else:
-            logger.warning("%s has no %s: projector weights stay as in the base model", model_path, NON_LORA_FILE)
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
+    if reference is not None:
+        tokenizer, model = _load_reference(model_path, model_base, kind, reference, load_kwargs)
+    elif kind == "lora":
+        tokenizer, model = _load_lora(model_path, model_base, load_kwargs)
     elif kind == "projector_only":
         base = _require_base(kind, model_path, model_base)
         cfg = AutoConfig.from_pretrained(model_path)
         tokenizer = AutoTokenizer.from_pretrained(model_path if _has_tokenizer(model_path) else base)
         model = AutoModelForCausalLM.from_pretrained(base, config=cfg, **load_kwargs)
-        load_mm_projector(model.get_model().mm_projector, Path(model_path) / MM_PROJECTOR_FILE)
-        load_projector_addons(model.get_model(), Path(model_path) / MM_PROJECTOR_FILE)
+        _load_projector_file(model, Path(model_path) / MM_PROJECTOR_FILE)
     else:
         tokenizer = AutoTokenizer.from_pretrained(model_path if _has_tokenizer(model_path) else model_base)
         model = AutoModelForCausalLM.from_pretrained(model_path, **load_kwargs)

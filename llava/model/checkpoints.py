@@ -101,19 +101,24 @@ def _strict_load(module: nn.Module, state: dict[str, torch.Tensor], what: str) -
     module.load_state_dict(state, strict=True)
 
 
-def load_mm_projector(projector: nn.Module, path: str | os.PathLike) -> None:
-    """Load an upstream ``mm_projector.bin`` into ``projector`` (keys stripped up to ``mm_projector.``)."""
-    state = strip_to(load_weights_file(path), "mm_projector.")
+def load_mm_projector(projector: nn.Module, path: str | os.PathLike,
+                      state: dict[str, torch.Tensor] | None = None) -> None:
+    """Load an upstream ``mm_projector.bin`` into ``projector`` (keys stripped up to ``mm_projector.``).
+
+    ``state``: the file's tensors when already read (e.g. mapped from the reference layout).
+    """
+    state = strip_to(load_weights_file(path) if state is None else state, "mm_projector.")
     load_module_state(projector, state, f"mm_projector weights {path}")
 
 
-def load_projector_addons(base_model: nn.Module, path: str | os.PathLike) -> list[str]:
+def load_projector_addons(base_model: nn.Module, path: str | os.PathLike,
+                          state: dict[str, torch.Tensor] | None = None) -> list[str]:
     """Load every add-on module that travels with the projector (e.g. ``mm_projector_norm``) from a file.
 
     Returns the attribute names loaded. A module the model has but the file lacks is an error:
     the file was trained without the flag that creates it.
     """
-    state = load_weights_file(path)
+    state = load_weights_file(path) if state is None else state
     loaded = []
     for name, module in base_model.addon_pipeline().module_states(base_model):
         sub = strip_to(state, f"{name}.")

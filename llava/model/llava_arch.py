@@ -23,10 +23,11 @@ from llava.constants import (
 from .addons.base import Geometry, Stage
 from .addons.registry import AddonPipeline, AddonRegistry
 from .block_layout import BlockLayout, grid_layout
-from .checkpoints import load_mm_projector, load_projector_addons
+from .checkpoints import load_mm_projector, load_projector_addons, load_weights_file
 from .multimodal_encoder.builder import build_vision_tower
 from .multimodal_projector.builder import build_vision_projector
 from .multimodal_splice import SpliceResult, splice_image_features
+from .reference_layout import adapter_state
 
 
 class LlavaMetaModel:
@@ -86,8 +87,9 @@ class LlavaMetaModel:
 
         adapter = getattr(model_args, "pretrain_mm_mlp_adapter", None)
         if adapter:
-            load_mm_projector(self.mm_projector, adapter)
-            load_projector_addons(self, adapter)
+            state = adapter_state(adapter, load_weights_file)  # a reference-layout file is mapped first
+            load_mm_projector(self.mm_projector, adapter, state=state)
+            load_projector_addons(self, adapter, state=state)
 
     def projector_modules(self) -> list[nn.Module]:
         """The projector plus the add-on modules that travel with it (``mm_projector.bin``)."""
