@@ -52,6 +52,7 @@ CSV_COLUMNS = ("kind", "n", "mean", "median", "p95", "max")
 CSV_NAME = "token_norms.csv"
 PNG_NAME = "token_norms.png"
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+PROJECTOR_FILE = "mm_projector.bin"  # the file names llava.model.builder.detect_checkpoint_kind looks at
 FULL_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                      "pytorch_model.bin.index.json")
 QUANTILE_MAX_NUMEL = 2**24  # torch.quantile refuses larger inputs
@@ -286,7 +287,7 @@ def _check_args(args: argparse.Namespace) -> list[Path]:
         # llava.model can log warnings, and an input error must stay one line).
         files = {p.name for p in model_path.iterdir()}
         kind = "LoRA" if "adapter_config.json" in files else (
-            "projector-only" if "mm_projector.bin" in files and not files & set(FULL_WEIGHT_FILES) else None)
+            "projector-only" if PROJECTOR_FILE in files and not files & set(FULL_WEIGHT_FILES) else None)
         if kind is not None and args.model_base is None:
             raise InputError(f"--model-path {str(model_path)!r} holds a {kind} checkpoint; "
                              "pass the base LLM it was trained from with --model-base")

@@ -7,6 +7,11 @@ A prediction is correct when it equals the reference after :func:`llava.eval.eva
 ("Top Left." == "top left", "2" == "two"). A missing prediction counts as wrong and is reported.
 The majority baseline answers every question of a category with that category's most frequent
 reference answer in the annotation file itself (the best any constant answer can do on this split).
+
+``--permuted-answers B.jsonl`` (answers of the same model with ``--permute-image-tokens``) adds the
+permutation-probe report after the table, overall and per category
+(:mod:`llava.eval.permutation_report`: accuracy without and with permutation, the drop, the share
+of answers that changed; on the questions answered in both files).
 """
 
 from __future__ import annotations
@@ -25,6 +30,11 @@ OVERALL = "overall"
 
 def _accuracy(correct: Sequence[bool]) -> float:
     return 100.0 * sum(correct) / len(correct) if correct else 0.0
+
+
+def is_correct(prediction: str, reference: str) -> bool:
+    """The benchmark's match: equal after :func:`~llava.eval.eval_textvqa.normalize_answer`."""
+    return normalize_answer(prediction) == normalize_answer(reference)
 
 
 def majority_answers(annotations: Sequence[dict[str, Any]]) -> dict[str, str]:
@@ -48,7 +58,7 @@ def score(annotations: Sequence[dict[str, Any]], predictions: dict[str, str]) ->
         cat, ref = row.get("category", OVERALL), normalize_answer(row["answer"])
         qid = str(row["question_id"])
         missing += qid not in predictions
-        hit = normalize_answer(predictions.get(qid, "")) == ref
+        hit = is_correct(predictions.get(qid, ""), row["answer"])
         for key in (cat, OVERALL):
             model_hits[key].append(hit)
             base_hits[key].append(majority[cat] == ref)
@@ -60,13 +70,18 @@ def score(annotations: Sequence[dict[str, Any]], predictions: dict[str, str]) ->
             "missing": missing}
 
 
+def load_annotations(annotation_file: str | Path, flag: str = "--annotation-file") -> list[dict[str, Any]]:
+    """The annotation rows ``{question_id, answer, category}``; errors name ``flag`` and the path."""
+    annotations = read_jsonl_or_json(annotation_file, flag)
+    if isinstance(annotations, dict):
+        raise ValueError(f"{flag} {str(annotation_file)!r} must be JSONL/JSON list of "
+                         "{question_id, answer, category} (llava.data.spatial writes test_answers.jsonl)")
+    return annotations
+
+
 def evaluate(annotation_file: str | Path, result_file: str | Path) -> dict[str, Any]:
     """Load both files and :func:`score` them."""
-    annotations = read_jsonl_or_json(annotation_file, "--annotation-file")
-    if isinstance(annotations, dict):
-        raise ValueError(f"--annotation-file {str(annotation_file)!r} must be JSONL/JSON list of "
-                         "{question_id, answer, category} (llava.data.spatial writes test_answers.jsonl)")
-    return score(annotations, predictions_by_id(result_file))
+    return score(load_annotations(annotation_file), predictions_by_id(result_file))
 
 
 def format_table(metrics: dict[str, Any]) -> str:
@@ -84,11 +99,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--annotation-file", required=True, help="test_answers.jsonl from llava.data.spatial")
     p.add_argument("--result-file", required=True, help="answers JSONL from llava.eval.model_vqa_loader")
     p.add_argument("--output-file", default=None, help="write the metrics as JSON here")
+    p.add_argument("--permuted-answers", default=None, help="answers JSONL of the same model run with "
+                   "--permute-image-tokens: also print the permutation-probe report (overall and per category)")
     a = p.parse_args(argv)
     metrics = evaluate(a.annotation_file, a.result_file)
     print(format_table(metrics))
     if metrics["missing"]:
         print(f"warning: {metrics['missing']} question(s) have no prediction in {a.result_file} (counted wrong)")
+    if a.permuted_answers:
+        from llava.eval import permutation_report  # imported here: it imports this module's matching
+
+        report = permutation_report.compare_files(a.result_file, a.permuted_answers, a.annotation_file)
+        print()
+        print(permutation_report.format_report(report))
+        metrics["permutation"] = report
     if a.output_file:
         Path(a.output_file).parent.mkdir(parents=True, exist_ok=True)
         Path(a.output_file).write_text(json.dumps(metrics, indent=1) + "\n")

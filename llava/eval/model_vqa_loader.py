@@ -3,7 +3,8 @@
     python -m llava.eval.model_vqa_loader --model-path CKPT [--model-base BASE] --image-folder DIR \\
         --question-file questions.jsonl --answers-file answers.jsonl [--conv-mode llava_v1] \\
         [--temperature 0] [--top_p P] [--num_beams 1] [--max_new_tokens 128] \\
-        [--num-chunks N --chunk-idx I] [--batch-size 8] [--device cpu]
+        [--num-chunks N --chunk-idx I] [--batch-size 8] [--device cpu] \\
+        [--permute-image-tokens [--permute-seed 0]]
 
 The question file is JSONL, one ``{"question_id", "image", "text", ...}`` per line (upstream's eval
 format; ``image`` is relative to ``--image-folder``). ``--num-chunks/--chunk-idx`` split the
@@ -12,7 +13,10 @@ chunk outputs in chunk order (``scripts/v1_5/eval/merge_chunks.sh``) to get the 
 Every referenced image is checked before the model is loaded: a missing one is an error that names
 the question and the path. Greedy decoding (``--temperature 0``) is deterministic and batched with
 left padding; each line of the answers file is ``{question_id, prompt, text, answer_id, model_id,
-metadata}``.
+metadata}``. ``--permute-image-tokens`` switches the permutation probe on for the loaded model (each
+image's tokens shuffled after the projector, seeded by ``--permute-seed`` and the image's pixels, so
+the answers do not depend on ``--batch-size`` or chunking); compare two runs with
+:mod:`llava.eval.permutation_report`.
 
 The shared helpers here (:func:`read_questions`, :func:`get_chunk`, :func:`check_images`,
 :func:`generate_batch`, :func:`answer_record`) also back :mod:`llava.eval.model_vqa` and
@@ -33,6 +37,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from llava.eval.permutation_report import add_permutation_args, check_permutation_args, enable_permutation
 from llava.mm_utils import get_model_name_from_path, load_image, process_images
 from llava.serve.inference import (
     default_conv_mode,
@@ -165,7 +170,10 @@ def eval_model(args: argparse.Namespace) -> None:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     questions = get_chunk(read_questions(args.question_file), args.num_chunks, args.chunk_idx)
     check_images(questions, args.image_folder)
+    check_permutation_args(args)
     tokenizer, model, processor, conv_mode = load_model(args)
+    if args.permute_image_tokens:
+        enable_permutation(model, args.permute_seed)
     model_id = get_model_name_from_path(os.path.expanduser(args.model_path))
     start_end = bool(getattr(model.config, "mm_use_im_start_end", False))
     with open_answers(args.answers_file) as out:
@@ -215,12 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
     """Flags of this CLI."""
     p = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     p.add_argument("--batch-size", type=int, default=8)
-    return p
+    return add_permutation_args(p)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI entry point."""
-    eval_model(build_parser().parse_args(argv))
+    """CLI entry point (a flag misuse: one line on stderr, exit 2)."""
+    p = build_parser()
+    args = p.parse_args(argv)
+    try:
+        check_permutation_args(args)
+    except ValueError as err:
+        p.exit(2, f"{p.prog}: error: {err}\n")
+    eval_model(args)
 
 
 if __name__ == "__main__":

@@ -130,13 +130,13 @@ class LlavaMetaForCausalLM:
         tower = model.get_vision_tower()
         has_cls, side = tower.select_feature == "cls_patch", tower.num_patches_per_side
         feats = tower(images, select=pipe.tower_selector(model, side, has_cls))
-        feats = pipe.run(Stage.PRE_PROJECTOR, feats, model, side, has_cls)
+        feats = pipe.run(Stage.PRE_PROJECTOR, feats, model, side, has_cls, images)
         projected = model.mm_projector(feats)
-        tokens = pipe.run(Stage.POST_PROJECTOR, projected, model, side, has_cls)
-        tokens = pipe.run(Stage.POST_NORM, tokens, model, side, has_cls)
+        tokens = pipe.run(Stage.POST_PROJECTOR, projected, model, side, has_cls, images)
+        tokens = pipe.run(Stage.POST_NORM, tokens, model, side, has_cls, images)
         out_side = pipe.grid_side(side)
         layout = grid_layout(out_side, has_cls=has_cls, device=tokens.device)
-        tokens, layout = pipe.run(Stage.BLOCK, (tokens, layout), model, out_side, has_cls)
+        tokens, layout = pipe.run(Stage.BLOCK, (tokens, layout), model, out_side, has_cls, images)
         return tokens, layout, feats, projected
 
     @staticmethod

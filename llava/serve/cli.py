@@ -1,6 +1,8 @@
 """Interactive chat about one image: ``python -m llava.serve.cli --model-path ... --image-file ...``.
 
 Reads user turns from stdin until EOF or an empty line; prints ``ASSISTANT: <answer>`` per turn.
+``--permute-image-tokens [--permute-seed S]`` chats with the permutation probe switched on for the
+loaded model (:mod:`llava.eval.permutation_report`; nothing is saved).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import argparse
 
 from transformers import TextStreamer
 
+from llava.eval.permutation_report import add_permutation_args, check_permutation_args, enable_permutation
 from llava.mm_utils import load_image, process_images
 from llava.model.builder import load_pretrained_model
 from llava.serve.inference import default_conv_mode, generate_reply, new_conversation, with_image_tokens
@@ -28,15 +31,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-4bit", action="store_true")
     p.add_argument("--no-stream", action="store_true", help="print each answer at once instead of streaming")
     p.add_argument("--debug", action="store_true")
-    return p
+    return add_permutation_args(p)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the chat loop."""
-    args = build_parser().parse_args(argv)
+    """Run the chat loop (a flag misuse: one line on stderr, exit 2)."""
+    p = build_parser()
+    args = p.parse_args(argv)
+    try:
+        check_permutation_args(args)
+    except ValueError as err:
+        p.exit(2, f"{p.prog}: error: {err}\n")
     tokenizer, model, image_processor, _ = load_pretrained_model(
         args.model_path, args.model_base, None, load_8bit=args.load_8bit, load_4bit=args.load_4bit,
         device=args.device)
+    if args.permute_image_tokens:
+        enable_permutation(model, args.permute_seed)
     conv = new_conversation(args.conv_mode or default_conv_mode(tokenizer))
     image = load_image(args.image_file)
     images = process_images([image], image_processor, model.config)

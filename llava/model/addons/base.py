@@ -61,12 +61,14 @@ class Geometry:
 
 @dataclass
 class StageContext:
-    """What a stage sees at run time: the base model, the grid side and the add-on's own modules."""
+    """What a stage sees at run time: the base model, the grid side, the add-on's own modules and the
+    (N, 3, H, W) pixels of the images being encoded (one row per image, as the tower received them)."""
 
     base_model: nn.Module
     side: int
     has_cls: bool
     modules: Mapping[str, nn.Module]
+    images: torch.Tensor | None = None
 
 
 class Addon:

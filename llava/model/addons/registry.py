@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import compression, coordinates, cosine_reg, interleave, multilayer, normalize, registers, rope2d
+from . import compression, coordinates, cosine_reg, interleave, multilayer, normalize, permute, registers, rope2d
 from .base import Addon, Geometry, Stage, StageContext, arg, dependent_flags, read_config, write_config
 
 BUILTIN_ADDONS: tuple[type[Addon], ...] = (
@@ -35,6 +35,7 @@ BUILTIN_ADDONS: tuple[type[Addon], ...] = (
     interleave.Interleave,
     cosine_reg.CosineRegularizer,
     registers.Registers,
+    permute.Permute,
 )
 MODULES_KEY = "mm_addon_modules"
 
@@ -205,9 +206,10 @@ class AddonPipeline:
         return [(m, getattr(base_model, m)) for a, _ in self.enabled for m, travels in a.modules.items()
                 if travels and getattr(base_model, m, None) is not None]
 
-    def _ctx(self, a: type[Addon], base_model: nn.Module, side: int, has_cls: bool) -> StageContext:
+    def _ctx(self, a: type[Addon], base_model: nn.Module, side: int, has_cls: bool,
+             images: torch.Tensor | None = None) -> StageContext:
         return StageContext(base_model=base_model, side=side, has_cls=has_cls,
-                            modules={m: getattr(base_model, m) for m in a.modules})
+                            modules={m: getattr(base_model, m) for m in a.modules}, images=images)
 
     def tower_selector(self, base_model: nn.Module, side: int, has_cls: bool) -> Any:
         """A hidden-states -> features function from the TOWER-stage add-on, or None."""
@@ -217,11 +219,12 @@ class AddonPipeline:
                 return lambda hidden_states, a=a, c=c, ctx=ctx: a.apply(c, hidden_states, ctx)
         return None
 
-    def run(self, stage: Stage, x: Any, base_model: nn.Module, side: int, has_cls: bool) -> Any:
-        """Apply every enabled add-on of ``stage`` in registry order."""
+    def run(self, stage: Stage, x: Any, base_model: nn.Module, side: int, has_cls: bool,
+            images: torch.Tensor | None = None) -> Any:
+        """Apply every enabled add-on of ``stage`` in registry order (``images``: the pixels being encoded)."""
         for a, c in self.enabled:
             if a.stage == stage:
-                x = a.apply(c, x, self._ctx(a, base_model, side, has_cls))
+                x = a.apply(c, x, self._ctx(a, base_model, side, has_cls, images))
         return x
 
     def configure_tokenizer(self, tokenizer: Any, side: int) -> None:
