@@ -33,3 +33,22 @@ def test_quick_demo(tmp_path):
     png = (out / "ablation.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert "| vanilla |" in res.stdout  # the table is printed
+    assert "(n=12)" in rows[0] and "[" in rows[1] and ", p" in rows[2]  # n, Wilson interval, McNemar p
+    assert md.splitlines()[0].startswith("# Spatial benchmark ablation (CPU demo) — SMOKE TEST")
+
+    # same seed, same table: vanilla again into a fresh folder gives the same row (timing excluded)
+    again = tmp_path / "again"
+    res2 = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh"), "--quick", "--output_dir", str(again),
+                           "--threads", "1", "--variants", "vanilla"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert res2.returncode == 0, (res2.stdout[-3000:], res2.stderr[-3000:])
+
+    def vanilla_row(folder):
+        line = next(x for x in (folder / "ablation.md").read_text().splitlines() if x.startswith("| vanilla |"))
+        return line.split("|")[:-2]  # without the train-time column
+
+    assert vanilla_row(again) == vanilla_row(out)
+    hits = {r["name"]: r["hits"] for r in json.loads((again / "ablation.json").read_text())["rows"]}
+    assert hits["vanilla"] == {r["name"]: r for r in report["rows"]}["vanilla"]["hits"]
+    projector = [(d / "runs" / "vanilla" / "pretrain" / "mm_projector.bin").read_bytes() for d in (out, again)]
+    assert projector[0] == projector[1]

@@ -112,6 +112,8 @@ class TrainingArguments(transformers.TrainingArguments):
     lora_bias: str = "none"
     mm_projector_lr: float | None = None
     group_by_modality_length: bool = field(default=False)
+    progress_label: str | None = field(default=None, metadata={
+        "help": "Name shown on the [progress] lines (default: the output folder's name)."})
     # Upstream scripts' flags that transformers 5 renamed; accepted and mapped onto the new names.
     warmup_ratio: float | None = field(
         default=None, metadata={"help": "Upstream alias: warm up over this fraction of the steps."}

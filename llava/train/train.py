@@ -304,6 +304,10 @@ def train(attn_implementation: str | None = None) -> None:
 
     data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args)
     trainer = LLaVATrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
+    from llava.train.progress import ProgressCallback
+
+    label = training_args.progress_label or os.path.basename(os.path.normpath(training_args.output_dir))
+    trainer.add_callback(ProgressCallback(label))
 
     resume = find_resume_checkpoint(training_args.output_dir)
     if resume is not None:

@@ -7,6 +7,7 @@
 #   HOSTFILE=path   multi-node: passed to deepspeed --hostfile (see README)
 #   NUM_NODES, MASTER_ADDR, MASTER_PORT, INCLUDE   passed to deepspeed when set
 #   LAUNCHER        default "deepspeed"
+#   SEED            --seed (default 42, the Trainer's): modules, data order and dropout follow it
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -32,6 +33,7 @@ export PYTHONPATH="${REPO_ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
 : "${GRADIENT_CHECKPOINTING:=True}"
 : "${REPORT_TO:=none}"
 : "${EVAL_BATCH_SIZE:=4}"
+: "${SEED:=42}"
 : "${PRETRAIN_DATA_ROOT:=./playground/data/LLaVA-Pretrain}"
 : "${FINETUNE_DATA_ROOT:=./playground/data}"
 
@@ -83,6 +85,7 @@ llava_launch() {
         --dataloader_num_workers "${NUM_WORKERS}"
         --lazy_preprocess True
         --report_to "${REPORT_TO}"
+        --seed "${SEED}"
         "${precision_args[@]}"
         "$@")
     echo "[llava] ${cmd[*]}" >&2
