@@ -46,12 +46,12 @@ from PIL import Image, ImageDraw
 
 from llava.mm_utils import load_image, process_images
 from llava.utils.atomic import atomic_path, atomic_write_text
+from llava.utils.image_files import IMAGE_EXTENSIONS, find_image_files
 
 KINDS = ("tower", "projector", "llm_input", "text_embeddings")
 CSV_COLUMNS = ("kind", "n", "mean", "median", "p95", "max")
 CSV_NAME = "token_norms.csv"
 PNG_NAME = "token_norms.png"
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 PROJECTOR_FILE = "mm_projector.bin"  # the file names llava.model.builder.detect_checkpoint_kind looks at
 FULL_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                      "pytorch_model.bin.index.json")
@@ -73,12 +73,7 @@ def list_images(folder: str | os.PathLike, max_images: int | None = None) -> lis
     root = Path(folder)
     if not root.is_dir():
         raise InputError(f"--image-folder {str(root)!r} is not a folder; pass a folder that holds image files")
-    found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                found.append(Path(dirpath, name).relative_to(root).as_posix())
+    found = find_image_files(root, IMAGE_EXTENSIONS)
     if not found:
         raise InputError(f"--image-folder {str(root)!r} has no image files (extensions: "
                          f"{', '.join(sorted(IMAGE_EXTENSIONS))}); put some images there or pick another folder")

@@ -18,8 +18,8 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 
 from llava.mm_utils import load_image
+from llava.utils.image_files import IMAGE_EXTENSIONS, find_image_files
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 ROOT_CATEGORY = "_root"
 
 
@@ -46,12 +46,7 @@ def list_images(images_dir: str | os.PathLike) -> list[ImageRecord]:
     root = Path(images_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"--images_dir {str(root)!r} is not a folder")
-    found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                found.append(Path(dirpath, name).relative_to(root).as_posix())
+    found = find_image_files(root, IMAGE_EXTENSIONS)
     if not found:
         raise ValueError(
             f"--images_dir {str(root)!r} has no image files (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"

@@ -1,0 +1,21 @@
+"""Finding image files in a folder tree, the same way for every tool."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+
+def find_image_files(root: str | os.PathLike, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[str]:
+    """Relative POSIX paths of the image files under ``root`` (recursive; hidden files and folders skipped)."""
+    exts = {e.lower() for e in extensions}
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if not name.startswith(".") and Path(name).suffix.lower() in exts:
+                found.append(Path(dirpath, name).relative_to(root).as_posix())
+    return sorted(found)
