@@ -55,8 +55,9 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1,
 
 
 def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
-    """``torch.save`` atomically."""
+    """``torch.save`` atomically; through a file handle, so the archive's inner folder is always
+    ``archive`` (saving to a path names it after the temp file) and equal tensors give equal bytes."""
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
