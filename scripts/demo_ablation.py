@@ -206,7 +206,8 @@ def evaluate_variant(model_dir: Path, data: dict[str, str], run_dir: Path, size:
     cmd = [sys.executable, "-m", "llava.eval.model_vqa_loader", "--model-path", str(model_dir),
            "--image-folder", data["image_folder"], "--question-file", data["test_questions"],
            "--answers-file", str(answers), "--conv-mode", "llava_v1", "--temperature", "0",
-           "--batch-size", "32", "--max_new_tokens", str(size.max_new_tokens), "--device", "cpu"]
+           "--batch-size", "32", "--max_new_tokens", str(size.max_new_tokens), "--device", "cpu",
+           "--progress-label", f"{run_dir.name}/eval"]
     _run(cmd, run_dir / "eval.log", _base_env(threads))
     metrics = evaluate(data["test_answers"], answers)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")

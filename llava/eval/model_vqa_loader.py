@@ -29,6 +29,7 @@ import argparse
 import json
 import math
 import os
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -176,6 +177,7 @@ def eval_model(args: argparse.Namespace) -> None:
         enable_permutation(model, args.permute_seed)
     model_id = get_model_name_from_path(os.path.expanduser(args.model_path))
     start_end = bool(getattr(model.config, "mm_use_im_start_end", False))
+    started = time.monotonic()
     with open_answers(args.answers_file) as out:
         batches = range(0, len(questions), args.batch_size)
         for b in tqdm(batches, desc=f"vqa chunk {args.chunk_idx}/{args.num_chunks}", unit="batch"):
@@ -198,6 +200,17 @@ def eval_model(args: argparse.Namespace) -> None:
                 for q, text in zip(group, texts):
                     out.write(json.dumps(answer_record(q["question_id"], q["text"], text, model_id)) + "\n")
                 out.flush()
+            if getattr(args, "progress_label", None):
+                print(eval_progress_line(args.progress_label, b + len(batch), len(questions), started), flush=True)
+
+
+def eval_progress_line(label: str, done: int, total: int, started: float) -> str:
+    """``[progress] LABEL 64/600 questions elapsed 0:12 ETA 1:41``."""
+    from llava.train.progress import PREFIX, clock
+
+    elapsed = time.monotonic() - started
+    eta = clock(elapsed / done * (total - done)) if done else "?"
+    return f"{PREFIX} {label} {done}/{total} questions elapsed {clock(elapsed)} ETA {eta}"
 
 
 def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -223,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     """Flags of this CLI."""
     p = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--progress-label", default=None,
+                   help="print '[progress] LABEL k/N questions, elapsed, ETA' lines to stdout (the demo shows them)")
     return add_permutation_args(p)
 
 
