@@ -199,8 +199,8 @@ def evaluate_variant(model_dir: Path, data: dict[str, str], run_dir: Path, size:
                      threads: int) -> dict[str, Any]:
     """Answer the test questions with model_vqa_loader and score them with eval_spatial (+ per-question hits)."""
     from llava.eval.ablation_table import question_hits
-    from llava.eval.eval_spatial import evaluate
-    from llava.eval.eval_textvqa import predictions_by_id, read_jsonl_or_json
+    from llava.eval.eval_spatial import load_annotations, score
+    from llava.eval.eval_textvqa import predictions_by_id
 
     answers = run_dir / "answers.jsonl"
     cmd = [sys.executable, "-m", "llava.eval.model_vqa_loader", "--model-path", str(model_dir),
@@ -209,10 +209,10 @@ def evaluate_variant(model_dir: Path, data: dict[str, str], run_dir: Path, size:
            "--batch-size", "32", "--max_new_tokens", str(size.max_new_tokens), "--device", "cpu",
            "--progress-label", f"{run_dir.name}/eval"]
     _run(cmd, run_dir / "eval.log", _base_env(threads))
-    metrics = evaluate(data["test_answers"], answers)
+    annotations, predictions = load_annotations(data["test_answers"]), predictions_by_id(answers)
+    metrics = score(annotations, predictions)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    annotations = read_jsonl_or_json(data["test_answers"], "test answers")
-    metrics["hits"] = question_hits(annotations, predictions_by_id(answers))
+    metrics["hits"] = question_hits(annotations, predictions)
     return metrics
 
 
@@ -333,9 +333,9 @@ def run(output_dir: Path, size: DemoSize, names: list[str] | None, threads: int,
             raise SystemExit(f"--variants: unknown {unknown}; valid: {', '.join(v.name for v in variants)}")
         variants = [v for v in variants if v.name in names]
     from llava.eval.ablation_table import majority_hits
-    from llava.eval.eval_textvqa import read_jsonl_or_json
+    from llava.eval.eval_spatial import load_annotations
 
-    baseline = majority_hits(read_jsonl_or_json(data["test_answers"], "test answers"))
+    baseline = majority_hits(load_annotations(data["test_answers"]))
     announce_deepspeed_build()
     rows = []
     for v in variants:

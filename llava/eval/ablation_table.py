@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llava.eval.eval_spatial import majority_answers
+from llava.eval.eval_spatial import is_correct, majority_answers
 from llava.eval.eval_textvqa import normalize_answer
 from llava.eval.stats import compare_paired, wilson_interval
 
@@ -25,8 +25,7 @@ Hits = Mapping[str, tuple[str, bool]]
 def question_hits(annotations: Sequence[Mapping[str, Any]], predictions: Mapping[str, str]) -> dict[str, tuple]:
     """{question_id: (category, prediction correct)}; a missing prediction is wrong."""
     return {str(r["question_id"]): (r.get("category", OVERALL),
-                                    normalize_answer(predictions.get(str(r["question_id"]), ""))
-                                    == normalize_answer(r["answer"]))
+                                    is_correct(predictions.get(str(r["question_id"]), ""), r["answer"]))
             for r in annotations}
 
 
@@ -93,6 +92,7 @@ def markdown_table(rows: Sequence[tuple[str, Hits | None, Sequence[str]]], categ
     lines = ["| variant | " + " | ".join([*heads, *extra_headers]) + " |",
              "|" + "---|" * (1 + len(heads) + len(extra_headers))]
     findings = []
+    base = cells(ref_hits, categories) if ref_hits is not None else {}
     for name, hits, extra in rows:
         if hits is None:
             lines.append(f"| {name} | " + " | ".join(["failed"] * len(heads) + list(extra)) + " |")
@@ -101,7 +101,6 @@ def markdown_table(rows: Sequence[tuple[str, Hits | None, Sequence[str]]], categ
         lines.append(f"| {name} | " + " | ".join([row[c].markdown() for c in (*categories, OVERALL)] + list(extra))
                      + " |")
         if name != reference and ref_hits is not None:
-            base = cells(ref_hits, categories)
             for c in (*categories, OVERALL):
                 if row[c].p_value is not None and row[c].p_value < ALPHA:
                     direction = "above" if row[c].pct > base[c].pct else "below"

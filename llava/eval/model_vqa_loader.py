@@ -38,7 +38,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from llava.eval.permutation_report import add_permutation_args, check_permutation_args, enable_permutation
+from llava.eval.permutation_report import (
+    add_permutation_args,
+    check_permutation_args,
+    enable_permutation,
+    parse_checked,
+)
 from llava.mm_utils import get_model_name_from_path, load_image, process_images
 from llava.serve.inference import (
     default_conv_mode,
@@ -243,12 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point (a flag misuse: one line on stderr, exit 2)."""
-    p = build_parser()
-    args = p.parse_args(argv)
-    try:
-        check_permutation_args(args)
-    except ValueError as err:
-        p.exit(2, f"{p.prog}: error: {err}\n")
+    args = parse_checked(build_parser(), argv)
     eval_model(args)
 
 

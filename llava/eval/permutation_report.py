@@ -56,6 +56,16 @@ def check_permutation_args(args: argparse.Namespace) -> None:
                          "--permute-seed.")
 
 
+def parse_checked(p: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` and check the permutation flags; a misuse is one line on stderr and exit 2."""
+    args = p.parse_args(argv)
+    try:
+        check_permutation_args(args)
+    except ValueError as err:
+        p.exit(2, f"{p.prog}: error: {err}\n")
+    return args
+
+
 def probe_addon(model: Any) -> type:
     """The permutation add-on class of ``model``'s add-on registry (exact ``name`` match)."""
     base = model.get_model() if hasattr(model, "get_model") else None

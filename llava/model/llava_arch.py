@@ -115,7 +115,7 @@ class LlavaMetaForCausalLM:
         return tokens, layout
 
     def encode_image_blocks_with_aux(
-        self, images: torch.Tensor
+        self, images: torch.Tensor, pipe: AddonPipeline | None = None
     ) -> tuple[torch.Tensor, BlockLayout, torch.Tensor, torch.Tensor]:
         """The vision pipeline, stage by stage (:class:`~llava.model.addons.base.Stage`):
 
@@ -123,10 +123,10 @@ class LlavaMetaForCausalLM:
         PRE_PROJECTOR -> projector -> POST_PROJECTOR -> POST_NORM -> grid layout -> BLOCK.
 
         Returns the blocks, their layout, the projector input x and the raw projector output P1(x)
-        (the last two feed the auxiliary losses).
+        (the last two feed the auxiliary losses). ``pipe``: the caller's add-on pipeline, if it has one.
         """
         model = self.get_model()
-        pipe = model.addon_pipeline()
+        pipe = pipe or model.addon_pipeline()
         tower = model.get_vision_tower()
         has_cls, side = tower.select_feature == "cls_patch", tower.num_patches_per_side
         feats = tower(images, select=pipe.tower_selector(model, side, has_cls))
@@ -184,9 +184,10 @@ class LlavaMetaForCausalLM:
         images = self._stack_images(images)
         self._check_image_size(images)
         embed = self.get_model().embed_tokens
+        pipe = self.get_model().addon_pipeline()
         aux = None
         if images.shape[0]:
-            feats, layout, vision_x, projected = self.encode_image_blocks_with_aux(images)
+            feats, layout, vision_x, projected = self.encode_image_blocks_with_aux(images, pipe)
             aux = (vision_x, projected)
         else:
             feats = torch.zeros(0, 1, embed.embedding_dim, device=input_ids.device, dtype=self.get_vision_tower().dtype)
@@ -195,7 +196,7 @@ class LlavaMetaForCausalLM:
         res = splice_image_features(
             input_ids, attention_mask, labels, feats, embed,
             max_length=getattr(self.config, "tokenizer_model_max_length", None), padding_side=side,
-            layout=layout, two_d=self.get_model().addon_pipeline().uses_2d_positions, unused_images=unused_images,
+            layout=layout, two_d=pipe.uses_2d_positions, unused_images=unused_images,
         )
         if aux is not None:
             res.vision_features, res.projected = aux

@@ -11,7 +11,7 @@ import argparse
 
 from transformers import TextStreamer
 
-from llava.eval.permutation_report import add_permutation_args, check_permutation_args, enable_permutation
+from llava.eval.permutation_report import add_permutation_args, enable_permutation, parse_checked
 from llava.mm_utils import load_image, process_images
 from llava.model.builder import load_pretrained_model
 from llava.serve.inference import default_conv_mode, generate_reply, new_conversation, with_image_tokens
@@ -36,12 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the chat loop (a flag misuse: one line on stderr, exit 2)."""
-    p = build_parser()
-    args = p.parse_args(argv)
-    try:
-        check_permutation_args(args)
-    except ValueError as err:
-        p.exit(2, f"{p.prog}: error: {err}\n")
+    args = parse_checked(build_parser(), argv)
     tokenizer, model, image_processor, _ = load_pretrained_model(
         args.model_path, args.model_base, None, load_8bit=args.load_8bit, load_4bit=args.load_4bit,
         device=args.device)

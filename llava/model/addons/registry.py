@@ -194,8 +194,7 @@ class AddonPipeline:
 
     def projector_modules(self, base_model: nn.Module) -> list[nn.Module]:
         """The add-on modules that travel with the projector."""
-        return [getattr(base_model, m) for a, _ in self.enabled for m, travels in a.modules.items()
-                if travels and getattr(base_model, m, None) is not None]
+        return [module for _, module in self.module_states(base_model)]
 
     def travelling_module_names(self) -> list[str]:
         """Attribute names of the enabled add-ons' modules that travel with the projector."""
@@ -203,8 +202,8 @@ class AddonPipeline:
 
     def module_states(self, base_model: nn.Module) -> list[tuple[str, nn.Module]]:
         """(attribute, module) of every add-on module that travels with the projector."""
-        return [(m, getattr(base_model, m)) for a, _ in self.enabled for m, travels in a.modules.items()
-                if travels and getattr(base_model, m, None) is not None]
+        return [(m, getattr(base_model, m)) for m in self.travelling_module_names()
+                if getattr(base_model, m, None) is not None]
 
     def _ctx(self, a: type[Addon], base_model: nn.Module, side: int, has_cls: bool,
              images: torch.Tensor | None = None) -> StageContext:
