@@ -9,6 +9,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+from llava.utils.deepspeed_shm import allreduce_buffer_path
+
 REPO = Path(__file__).resolve().parents[1]
 PROJECTOR_KEYS = sorted(f"model.mm_projector.{i}.{w}" for i in (0, 2) for w in ("weight", "bias"))
 STAGE_TIMEOUT_S = 420
@@ -39,6 +41,8 @@ def _start(script: str, log: Path, *args: str, **overrides: object) -> subproces
 
 
 def _run(script: str, log: Path, *args: str, **overrides: object) -> str:
+    """Run a stage script to the end; assert it succeeded and left no DeepSpeed segment in /dev/shm."""
+    overrides.setdefault("MASTER_PORT", _free_port())
     proc = _start(script, log, *args, **overrides)
     try:
         rc = proc.wait(timeout=STAGE_TIMEOUT_S)
@@ -47,6 +51,10 @@ def _run(script: str, log: Path, *args: str, **overrides: object) -> str:
             os.killpg(proc.pid, signal.SIGKILL)
     text = log.read_text()
     assert rc == 0, f"{script} failed (rc={rc}); log tail:\n{text[-4000:]}"
+    leaked = [p for rank in range(int(overrides.get("NUM_GPUS", 2)))
+              if (p := allreduce_buffer_path(rank, {"MASTER_ADDR": "127.0.0.1",
+                                                     "MASTER_PORT": str(overrides["MASTER_PORT"])})).exists()]
+    assert not leaked, f"{script} left DeepSpeed's shared-memory segments behind: {leaked}"
     return text
 
 

@@ -249,6 +249,9 @@ def init_distributed(training_args: TrainingArguments) -> None:
         import deepspeed
 
         deepspeed.init_distributed()
+        from llava.utils.deepspeed_shm import release_allreduce_buffer
+
+        release_allreduce_buffer()  # DeepSpeed's CPU backend never unlinks its 66 MiB /dev/shm segment
 
 
 def addon_modules_in(argv: list[str]) -> str | None:
