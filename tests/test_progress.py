@@ -25,13 +25,15 @@ def test_training_progress_lines(capsys, monkeypatch):
     cb.on_step_end(None, state, None)  # 5 s since the last line: quiet
     now[0], state.global_step = 141.0, 12
     cb.on_step_end(None, state, None)  # 11 s: a line
+    now[0], state.global_step = 160.0, 13
+    cb.on_step_end(None, state, SimpleNamespace(should_log=True))  # a log follows: it prints, not the stale loss
     state.global_step = 40
     cb.on_train_end(None, state, None)
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
         "[progress] vanilla/stage1 step 10/40 (25%) loss 3.2104 elapsed 0:30 ETA 1:30",
         "[progress] vanilla/stage1 step 12/40 (30%) loss 3.2104 elapsed 0:41 ETA 1:36",
-        "[progress] vanilla/stage1 done: 40/40 steps in 0:41, last loss 3.2104",
+        "[progress] vanilla/stage1 done: 40/40 steps in 1:00, last loss 3.2104",
     ]
 
 

@@ -368,3 +368,13 @@ def test_stage_script_recipes_on_gpu(tmp_path):
     assert (_flag(lora, "--lora_r"), _flag(lora, "--lora_alpha"), _flag(lora, "--mm_projector_lr")) == (
         "128", "256", "2e-5")
     assert _flag(lora, "--learning_rate") == "2e-4"
+
+
+def test_single_node_without_master_port_takes_a_free_port(tmp_path):
+    ports = []
+    for _ in range(2):
+        argv = _dry_run(tmp_path, "pretrain.sh", DEVICE="cpu", NUM_GPUS="2")[1:]
+        ports.append(int(_flag(argv, "--master_port")))
+    assert all(1024 < p < 65536 and p != 29500 for p in ports), ports
+    assert _flag(_dry_run(tmp_path, "pretrain.sh", DEVICE="cpu", MASTER_PORT="31337")[1:], "--master_port") == "31337"
+    assert "--master_port" not in _dry_run(tmp_path, "pretrain.sh", HOSTFILE="/etc/hostfile")  # multi-node: theirs

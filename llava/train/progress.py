@@ -60,6 +60,8 @@ class ProgressCallback(TrainerCallback):
             self._print(state)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if getattr(control, "should_log", False):  # a log follows this step: on_log prints it with its loss
+            return
         if self._last_print is not None and time.monotonic() - self._last_print >= self.interval_s:
             self._print(state)
 

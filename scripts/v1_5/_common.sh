@@ -5,7 +5,8 @@
 #   DEVICE=cpu      adds --use_cpu True, drops bf16/tf32, exports DS_ACCELERATOR=cpu
 #   NUM_GPUS=N      processes per node (deepspeed --num_gpus); default: all GPUs (1 on CPU)
 #   HOSTFILE=path   multi-node: passed to deepspeed --hostfile (see README)
-#   NUM_NODES, MASTER_ADDR, MASTER_PORT, INCLUDE   passed to deepspeed when set
+#   NUM_NODES, MASTER_ADDR, MASTER_PORT, INCLUDE   passed to deepspeed when set; without MASTER_PORT
+#                   (and HOSTFILE) a single-node run takes a free port instead of DeepSpeed's 29500
 #   LAUNCHER        default "deepspeed"
 #   SEED            --seed (default 42, the Trainer's): modules, data order and dropout follow it
 set -euo pipefail
@@ -53,6 +54,10 @@ llava_launch() {
     [[ -n "${NUM_GPUS:-}" ]] && launcher_args+=(--num_gpus "${NUM_GPUS}")
     [[ -n "${INCLUDE:-}" ]] && launcher_args+=(--include "${INCLUDE}")
     [[ -n "${MASTER_ADDR:-}" ]] && launcher_args+=(--master_addr "${MASTER_ADDR}")
+    if [[ -z "${MASTER_PORT:-}" && -z "${HOSTFILE:-}" ]]; then
+        # single node without MASTER_PORT: a free port, so two runs on one machine do not both take 29500
+        MASTER_PORT="$("${PYTHON:-python3}" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    fi
     [[ -n "${MASTER_PORT:-}" ]] && launcher_args+=(--master_port "${MASTER_PORT}")
 
     local -a cmd=("${LAUNCHER}" "${launcher_args[@]}" "${REPO_ROOT}/llava/train/train_mem.py"
