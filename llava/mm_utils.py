@@ -93,7 +93,30 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             probe.verify()
     with Image.open(path) as image:
         image.load()
+        return to_8bit_rgb(image)
+
+
+# integer modes wider than 8 bits: Pillow's convert("RGB") clips them at 255 instead of scaling
+_WIDE_INTEGER_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
+
+
+def to_8bit_rgb(image: Image.Image) -> Image.Image:
+    """RGB with 8 bits per channel; 16-bit (``I;16*``, ``I``) and float (``F``) images are scaled, not clipped.
+
+    16-bit and 32-bit integer grey levels are read as 0..65535 (PNG's 16-bit range) and divided by 257;
+    float images in 0..1 are multiplied by 255, others are taken as 0..255.
+    """
+    if image.mode not in _WIDE_INTEGER_MODES and image.mode != "F":
         return image.convert("RGB")
+    import numpy as np
+
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        scale = 255.0 if values.size and np.nanmax(values) <= 1.0 else 1.0
+    else:
+        scale = 1.0 / 257.0
+    grey = np.clip(np.nan_to_num(values * scale), 0, 255).round().astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")  # 2-D uint8: mode L
 
 
 def tokenizer_image_token(

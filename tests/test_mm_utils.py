@@ -167,3 +167,23 @@ def test_keywords_stopping_criteria_on_new_tokens_only(llama_tokenizer) -> None:
     stop = KeywordsStoppingCriteria(["</s>"], tok, torch.zeros(1, 50, dtype=torch.long))
     assert stop(torch.tensor([[tok.convert_tokens_to_ids("▁a")]]), None).tolist() == [False]
     assert stop(torch.tensor([[tok.convert_tokens_to_ids("▁a"), tok.eos_token_id]]), None).tolist() == [True]
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_load_image_scales_wide_modes_instead_of_clipping(tmp_path, mode):
+    import numpy as np
+
+    grey16 = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    if mode == "I;16":
+        img, expect = Image.fromarray(grey16), grey16 / 257
+    elif mode == "I":
+        img, expect = Image.fromarray(grey16.astype(np.int32)), grey16 / 257
+    else:
+        img, expect = Image.fromarray((grey16 / 65535).astype(np.float32)), grey16 / 65535 * 255
+    path = tmp_path / ("g.png" if mode == "I;16" else "g.tif")
+    img.save(path)
+    assert Image.open(path).mode == mode
+    rgb = np.asarray(load_image(path))
+    assert rgb.shape == (64, 64, 3) and rgb.dtype == np.uint8
+    assert np.abs(rgb[..., 0].astype(float) - expect).max() <= 0.51  # scaled (the clip gave 99.6% white)
+    assert (rgb == 255).mean() < 0.01
