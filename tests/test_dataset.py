@@ -380,3 +380,30 @@ def test_collator_truncates_and_needs_a_pad_id(llama_tokenizer, monkeypatch) -> 
 
     with pytest.raises(ValueError, match="neither a pad token nor an unk token; set tokenizer.pad_token"):
         DataCollatorForSupervisedDataset(NoPad())
+
+
+@pytest.mark.parametrize("escape", ["abs", "dotdot"])
+def test_image_outside_folder_is_refused_unless_allowed(tmp_path, images, clip_processor, llama_tokenizer,
+                                                        escape) -> None:
+    outside = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8), (0, 255, 0)).save(outside)
+    image = str(outside) if escape == "abs" else "../secret.png"
+    ds = dataset(tmp_path, images, clip_processor, llama_tokenizer, [img_sample("s_out", image)])
+    with pytest.raises(BadSampleError, match=hint("image_outside_folder", "s_out", 0, ds.data_path)
+                       + rf"'image': '{re.escape(image)}' is not inside --image_folder .*"
+                       r"--allow_absolute_image_paths True"):
+        ds[0]
+    args = make_args(tmp_path, images, clip_processor, [img_sample("s_out", image)])
+    args.allow_absolute_image_paths = True
+    assert make_supervised_data_module(llama_tokenizer, args)["train_dataset"][0]["image"].shape == (3, 32, 32)
+    skip = dataset(tmp_path, images, clip_processor, llama_tokenizer,
+                   [img_sample("s_out", image), img_sample("ok", "wide.png")], skip_bad_samples=True)
+    assert skip[0]["image"].shape == (3, 32, 32) and skip.skip_counts() == {"image_outside_folder": 1}
+
+
+def test_image_inside_folder_lexically() -> None:
+    from llava.utils.image_files import image_inside_folder
+
+    assert image_inside_folder("a/b.png", "/data/img") and image_inside_folder("a/../b.png", "/data/img")
+    assert not image_inside_folder("/etc/passwd", "/data/img")
+    assert not image_inside_folder("../img2/x.png", "/data/img") and not image_inside_folder("a/../../x", "/data/img")

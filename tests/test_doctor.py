@@ -42,6 +42,7 @@ CRAFTED: list[tuple[Any, tuple[Any, str]]] = [
      ("two-tokens", "too_many_image_tokens")),
     ({"id": "stray-token", "conversations": qa()}, ("stray-token", "image_token_without_image")),
     ({"id": "missing", "image": "nope.jpg", "conversations": qa()}, ("missing", "missing_image")),
+    ({"id": "outside", "image": "../red.jpg", "conversations": qa()}, ("outside", "image_outside_folder")),
     ({"id": "truncated", "image": "truncated.png", "conversations": qa()}, ("truncated", "unreadable_image")),
     ({"id": "gif", "image": "gif_named.jpg", "conversations": qa()}, ("gif", "image_format_mismatch")),
     ({"id": "two-humans", "conversations": qa(image=False)[:1] * 2}, ("two-humans", "bad_conversation")),

@@ -43,6 +43,7 @@ from tqdm import tqdm
 from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.mm_utils import load_image
 from llava.utils.atomic import atomic_write_text
+from llava.utils.image_files import image_inside_folder
 
 ERROR, WARNING = "error", "warning"
 
@@ -57,6 +58,7 @@ CATEGORIES: MappingProxyType[str, tuple[str, str]] = MappingProxyType({
     "too_many_image_tokens": (ERROR, "keep exactly one '<image>' in a sample with one 'image'"),
     "image_token_without_image": (ERROR, "add the 'image' key or remove '<image>' from the text"),
     "missing_image": (ERROR, "download the image, or fix --image_folder / the sample's 'image' path"),
+    "image_outside_folder": (ERROR, "make 'image' relative to --image_folder (or --allow_absolute_image_paths True)"),
     "unreadable_image": (ERROR, "re-download it, or: python -m patches.scan_images DIR --quarantine Q --apply"),
     "image_format_mismatch": (WARNING, "python -m patches.fix_image_formats IMAGE_FOLDER --apply"),
     "template_error": (ERROR, "the conversation cannot be rendered with --version; check the template"),
@@ -85,6 +87,7 @@ class DoctorConfig:
     image_folder: str | None = None
     num_image_tokens: int = 576
     decode: bool = True
+    allow_absolute_image_paths: bool = False
 
 
 @dataclass(frozen=True)
@@ -269,6 +272,9 @@ def check_ids(records: Sequence[Any]) -> list[dict[str, Any]]:
 def check_image_file(rel_path: str, cfg: DoctorConfig) -> tuple[str, list[tuple[str, str]]]:
     """``(rel_path, [(category, detail), ...])`` for one image referenced by the data file."""
     path = os.path.join(cfg.image_folder or "", rel_path)
+    if not cfg.allow_absolute_image_paths and not image_inside_folder(rel_path, cfg.image_folder or ""):
+        return rel_path, [("image_outside_folder", f"'image': {rel_path!r} is not inside --image_folder "
+                                                   f"{cfg.image_folder!r}; training refuses it")]
     if not os.path.isfile(path):
         return rel_path, [("missing_image", f"image file not found: {path}")]
     report = inspect_image(path, decode=cfg.decode)
@@ -358,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_image_tokens", type=int, default=576,
                         help="tokens one image takes in the LLM sequence (576 for ViT-L/14-336; N with "
                              "--compression_after_projection --final_spatial_size N; add interleave tokens)")
+    parser.add_argument("--allow_absolute_image_paths", action="store_true",
+                        help="accept 'image' paths outside --image_folder, as the training flag of that name does")
     parser.add_argument("--no_decode", action="store_true", help="only check images exist and pass PIL verify()")
     parser.add_argument("--report", default="problems.jsonl", help="where to write the JSONL of problems")
     parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8),
@@ -375,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = DoctorConfig(tokenizer=args.tokenizer, version=args.version, model_max_length=args.model_max_length,
                        image_folder=args.image_folder, num_image_tokens=args.num_image_tokens,
-                       decode=not args.no_decode)
+                       decode=not args.no_decode, allow_absolute_image_paths=args.allow_absolute_image_paths)
     try:
         get_conv_template(args.version)
         records = load_data_file(args.data_path)

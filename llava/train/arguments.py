@@ -80,6 +80,11 @@ class DataArguments:
         default=False,
         metadata={"help": "Skip (and count) unreadable/invalid samples instead of raising."},
     )
+    allow_absolute_image_paths: bool = field(
+        default=False,
+        metadata={"help": "Accept 'image' paths that are absolute or climb out of --image_folder with '..' "
+                  "(refused by default: a data file could otherwise open any file on the machine)."},
+    )
     # Filled in by train() after the model is built; not command-line flags.
     image_processor: Any = field(default=None, init=False, repr=False)
     mm_use_im_start_end: bool = field(default=False, init=False)

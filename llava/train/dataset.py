@@ -34,6 +34,7 @@ from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import get_conv_template
 from llava.mm_utils import image_to_tensor, load_image
 from llava.train.preprocess import BAD_SAMPLE_CATEGORIES, BadSampleError, preprocess, preprocess_multimodal
+from llava.utils.image_files import image_inside_folder
 
 __all__ = [
     "BadSampleError",
@@ -125,6 +126,7 @@ class LazySupervisedDataset(Dataset):
         self.image_processor = getattr(data_args, "image_processor", None)
         self.num_image_tokens = getattr(data_args, "num_image_tokens", None)
         self.skip_bad_samples = bool(getattr(data_args, "skip_bad_samples", False))
+        self.allow_absolute_image_paths = bool(getattr(data_args, "allow_absolute_image_paths", False))
         n_images = sum(_has_image(s) for s in self.list_data_dict)
         if n_images and not self.is_multimodal:
             raise ValueError(
@@ -224,7 +226,7 @@ class LazySupervisedDataset(Dataset):
                     "too_many_image_tokens",
                     f"has one 'image' but {n_placeholders} turns containing {DEFAULT_IMAGE_TOKEN}",
                 )
-            image_path = os.path.join(self.image_folder, sample["image"])
+            image_path = self._image_path(sample["image"])
             if not os.path.isfile(image_path):
                 raise BadSampleError(
                     "missing_image",
@@ -245,6 +247,19 @@ class LazySupervisedDataset(Dataset):
                 ) from None
             item["image"] = image_to_tensor(image, self.image_processor, self.image_aspect_ratio)
         return item
+
+    def _image_path(self, image: str) -> str:
+        """``image`` under ``--image_folder``; absolute paths and ``..`` escapes are refused unless allowed."""
+        path = os.path.join(self.image_folder, image)
+        if self.allow_absolute_image_paths:
+            return path
+        if not image_inside_folder(image, self.image_folder):
+            raise BadSampleError(
+                "image_outside_folder",
+                f"'image': {image!r} is not inside --image_folder {self.image_folder!r}; make it relative to "
+                "the folder, or pass --allow_absolute_image_paths True to accept such paths",
+            )
+        return path
 
     def _check_length(self, input_ids: torch.Tensor) -> None:
         max_len = getattr(self.tokenizer, "model_max_length", None)

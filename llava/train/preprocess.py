@@ -49,6 +49,7 @@ BAD_SAMPLE_CATEGORIES = (
     "missing_image_token",
     "too_many_image_tokens",
     "missing_image",
+    "image_outside_folder",
     "unreadable_image",
     "too_long",
 )

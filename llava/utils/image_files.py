@@ -19,3 +19,15 @@ def find_image_files(root: str | os.PathLike, extensions: Iterable[str] = IMAGE_
             if not name.startswith(".") and Path(name).suffix.lower() in exts:
                 found.append(Path(dirpath, name).relative_to(root).as_posix())
     return sorted(found)
+
+
+def image_inside_folder(image: str, folder: str | os.PathLike) -> bool:
+    """Whether the data file's ``image`` path stays inside ``folder``: relative, and no ``..`` climbing out.
+
+    Lexical (symlinks inside the folder are followed as usual: datasets are often linked in).
+    """
+    if os.path.isabs(image) or os.path.splitdrive(image)[0]:
+        return False
+    root = os.path.normpath(os.fspath(folder))
+    joined = os.path.normpath(os.path.join(root, image))
+    return joined == root or joined.startswith(root.rstrip(os.sep) + os.sep)
