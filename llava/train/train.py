@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from typing import Any
 
@@ -34,7 +33,6 @@ from llava.train.arguments import (
 
 logger = logging.getLogger("llava.train")
 
-_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
 def compute_dtype_for(training_args: TrainingArguments) -> torch.dtype:
@@ -215,19 +213,10 @@ def image_tokens_per_sample(model: Any, tower: Any) -> int:
 
 
 def find_resume_checkpoint(output_dir: str) -> str | None:
-    """Newest ``checkpoint-N`` in ``output_dir`` that finished saving (has ``trainer_state.json``)."""
-    if not os.path.isdir(output_dir):
-        return None
-    found = sorted(
-        ((int(m.group(1)), name) for name in os.listdir(output_dir) if (m := _CHECKPOINT_RE.match(name))),
-        reverse=True,
-    )
-    for _, name in found:
-        path = os.path.join(output_dir, name)
-        if os.path.isfile(os.path.join(path, "trainer_state.json")):
-            return path
-        logger.warning("ignoring incomplete checkpoint %s (no trainer_state.json; killed mid-save?)", path)
-    return None
+    """Newest complete ``checkpoint-N`` in ``output_dir`` (:mod:`llava.train.checkpoint_check`)."""
+    from llava.train.checkpoint_check import newest_complete_checkpoint
+
+    return newest_complete_checkpoint(output_dir)
 
 
 def _setup_logging(training_args: TrainingArguments) -> None:
