@@ -233,5 +233,14 @@ def load_pretrained_model(
     if device_map is None and not (load_8bit or load_4bit):
         model.to(device)
     model.eval()
-    context_len = getattr(model.config, "max_sequence_length", None) or 2048
-    return tokenizer, model, image_processor, context_len
+    return tokenizer, model, image_processor, context_length(model.config)
+
+
+def context_length(config: Any) -> int:
+    """The positions the model is set up for: ``tokenizer_model_max_length`` (what training used and the
+    image splice enforces), else ``max_sequence_length`` / ``max_position_embeddings``, else upstream's 2048."""
+    for key in ("tokenizer_model_max_length", "max_sequence_length", "max_position_embeddings"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048

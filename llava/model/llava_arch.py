@@ -175,6 +175,7 @@ class LlavaMetaForCausalLM:
         image_sizes: Any = None,
         padding_side: str | None = None,
         unused_images: bool = False,
+        truncate: bool = True,
     ) -> SpliceResult:
         """Encode ``images`` and splice them into ``input_ids``; returns the full :class:`SpliceResult`.
 
@@ -196,7 +197,7 @@ class LlavaMetaForCausalLM:
         res = splice_image_features(
             input_ids, attention_mask, labels, feats, embed,
             max_length=getattr(self.config, "tokenizer_model_max_length", None), padding_side=side,
-            layout=layout, two_d=pipe.uses_2d_positions, unused_images=unused_images,
+            layout=layout, two_d=pipe.uses_2d_positions, unused_images=unused_images, truncate=truncate,
         )
         if aux is not None:
             res.vision_features, res.projected = aux

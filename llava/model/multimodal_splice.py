@@ -48,6 +48,7 @@ def splice_image_features(
     layout: BlockLayout | None = None,
     two_d: bool = False,
     unused_images: bool = False,
+    truncate: bool = True,
 ) -> SpliceResult:
     """Replace each image placeholder by the features of one image; see the module docstring.
 
@@ -56,7 +57,8 @@ def splice_image_features(
     ``two_d`` the position ids are (2, B, L) row/column streams for 2D RoPE.
     ``unused_images`` (a batch without placeholders) keeps ``image_features`` in the autograd
     graph through a zero-row copy, so a text-only training batch builds the same graph as an
-    image batch (same gradient order on every rank under ZeRO-3).
+    image batch (same gradient order on every rank under ZeRO-3). ``truncate=False`` (generation)
+    raises instead of cutting a sequence longer than ``max_length``: a cut prompt loses its end.
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
@@ -84,6 +86,12 @@ def splice_image_features(
     starts = ends - width
     new_len = ends[:, -1] if seq_len > 0 else torch.zeros(bsz, dtype=torch.long, device=device)
     if max_length is not None:
+        if not truncate and bool((new_len > max_length).any()):
+            longest = int(new_len.max())
+            raise ValueError(
+                f"the prompt takes {longest} positions ({n_tokens} per image included) but the model's limit "
+                f"is {max_length} (tokenizer_model_max_length); shorten the prompt or use fewer images"
+            )
         new_len = new_len.clamp(max=max_length)
     out_len = int(new_len.max()) if bsz > 0 else 0
     offset = (out_len - new_len) if padding_side == "left" else torch.zeros_like(new_len)

@@ -115,7 +115,7 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
         attention_mask = kwargs.pop("attention_mask", None)
         if images is not None and self.get_vision_tower() is not None:
             res = self.prepare_multimodal_splice(inputs, attention_mask, None, images, image_sizes,
-                                                 padding_side="left")
+                                                 padding_side="left", truncate=False)  # never a cut prompt
             inputs_embeds, attention_mask, position_ids = res.inputs_embeds, res.attention_mask, res.position_ids
         else:
             inputs_embeds = self.get_model().embed_tokens(inputs)
