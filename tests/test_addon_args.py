@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import sys
 
@@ -24,9 +26,13 @@ def _run_train(monkeypatch, tmp_path, tower, *flags):
     argv = ["train.py", "--model_name_or_path", str(tmp_path / "no-such-llm"), "--vision_tower", tower,
             "--data_path", str(data), "--output_dir", str(tmp_path / "out"), "--use_cpu", "True", *flags]
     monkeypatch.setattr(sys, "argv", argv)
-    with pytest.raises(ValueError) as err:
+    stderr = io.StringIO()
+    with pytest.raises(SystemExit) as err, contextlib.redirect_stderr(stderr):
         train()
-    return str(err.value)
+    assert err.value.code == 2
+    lines = stderr.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines  # one line, no traceback
+    return lines[0][len("error: "):]
 
 
 def test_bad_final_spatial_size(monkeypatch, tmp_path, clip24):

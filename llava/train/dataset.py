@@ -61,6 +61,16 @@ def load_data_file(data_path: str) -> list[Any]:
         raise DataFileError(
             f"data file not found: {data_path!r}; pass an existing LLaVA-format JSON via --data_path"
         )
+    try:
+        return _parse_data_file(data_path)
+    except UnicodeDecodeError as err:
+        raise DataFileError(
+            f"{data_path} is not UTF-8 text: byte {err.object[err.start:err.start + 1]!r} at offset {err.start} "
+            "does not decode; re-encode the file as UTF-8 (iconv -f <its encoding> -t utf-8)"
+        ) from None
+
+
+def _parse_data_file(data_path: str) -> list[Any]:
     with open(data_path, encoding="utf-8") as f:
         if data_path.endswith(".jsonl"):
             records = []
@@ -355,9 +365,13 @@ class DataCollatorForSupervisedDataset:
         return batch
 
 
-def make_supervised_data_module(tokenizer: Any, data_args: Any) -> dict[str, Any]:
-    """``dict(train_dataset=..., eval_dataset=None, data_collator=...)`` for the HF Trainer."""
-    train_dataset = LazySupervisedDataset(data_args.data_path, tokenizer, data_args)
+def make_supervised_data_module(tokenizer: Any, data_args: Any,
+                                records: Sequence[Any] | None = None) -> dict[str, Any]:
+    """``dict(train_dataset=..., eval_dataset=None, data_collator=...)`` for the HF Trainer.
+
+    ``records``: the data file already read (``train()`` reads it before any weights load).
+    """
+    train_dataset = LazySupervisedDataset(data_args.data_path, tokenizer, data_args, list_data_dict=records)
     return dict(
         train_dataset=train_dataset,
         eval_dataset=None,

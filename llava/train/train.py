@@ -264,9 +264,10 @@ def build_parser(argv: list[str]) -> transformers.HfArgumentParser:
 
 def train(attn_implementation: str | None = None) -> None:
     """Parse the command line and run one training stage (pretrain, finetune, LoRA ...)."""
-    parser = build_parser(sys.argv[1:])
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses()
-    validate_args(model_args, data_args, training_args)
+    from llava.train.usage import parse_and_check
+
+    argv = sys.argv[1:]
+    model_args, data_args, training_args, records = parse_and_check(build_parser, argv, validate_args)
     _setup_logging(training_args)
     init_distributed(training_args)
     transformers.set_seed(training_args.seed)  # before any module is built: the projector's init is seeded
@@ -294,7 +295,7 @@ def train(attn_implementation: str | None = None) -> None:
     from llava.train.dataset import make_supervised_data_module
     from llava.train.trainer import LLaVATrainer
 
-    data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args)
+    data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args, records=records)
     trainer = LLaVATrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
     from llava.train.progress import ProgressCallback
 
