@@ -190,8 +190,9 @@ def _run(cmd: list[str], log: Path, env: dict[str, str]) -> float:
                                               stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
         for line in proc.stdout:
             f.write(line)
-            if line.startswith("[progress]"):
-                _show("[demo] " + line.strip()[len("[progress] "):], tty)
+            at = line.rfind("[progress] ")  # tqdm's bar (stderr, no newline) often precedes it on the line
+            if at >= 0:
+                _show("[demo] " + line[at + len("[progress] "):].strip(), tty)
                 shown = True
         rc = proc.wait()
     if shown and tty:

@@ -180,7 +180,7 @@ def test_two_placeholders_for_one_image(tmp_path, images, clip_processor, llama_
     with pytest.raises(
         BadSampleError,
         match=hint("too_many_image_tokens", "s2", 0, ds.data_path)
-        + "has one 'image' but 2 turns containing <image>",
+        + "has one 'image' but 2 <image> placeholders; keep exactly one",
     ):
         ds[0]
 
@@ -260,7 +260,7 @@ BAD_MIX = [
 
 def test_skip_bad_samples_counts_each_once(tmp_path, images, clip_processor, llama_tokenizer, caplog) -> None:
     ds = dataset(tmp_path, images, clip_processor, llama_tokenizer, BAD_MIX, skip_bad_samples=True)
-    assert ds.skip_report() == ""
+    assert ds.skip_report() == "skipped 1 bad samples: missing_image_token=1"  # structural: known up front
     assert torch.equal(ds[1]["input_ids"], ds[3]["input_ids"])  # bad 1, 2 -> next good one (3)
     for _ in range(2):  # a second epoch must not double count
         items = [ds[i] for i in range(len(ds))]

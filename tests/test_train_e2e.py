@@ -75,7 +75,7 @@ def test_finetune_killed_then_resumed_loads_and_generates(workdir, pretrained, b
     env = dict(base_env, DATA_PATH=data.finetune_json, OUTPUT_DIR=out, MAX_STEPS=8, SAVE_STEPS=3, LR=2e-3,
                PRETRAIN_MM_MLP_ADAPTER=pretrained / "mm_projector.bin")
     proc = _start("finetune.sh", workdir / "finetune_killed.log", **env)
-    marker = out / "checkpoint-3" / "trainer_state.json"
+    marker = out / "checkpoint-3" / "llava_manifest.json"  # written last: the save is complete
     deadline = time.monotonic() + STAGE_TIMEOUT_S
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -135,3 +135,31 @@ def test_lora_resume_keeps_projector_then_merge(workdir, pretrained, base_env, d
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     assert (merged / "model.safetensors").exists() and not (merged / "adapter_config.json").exists()
     assert isinstance(_generate(str(merged), str(Path(data.image_folder) / "001.png")), str)
+
+
+def test_resume_refuses_a_planted_payload(workdir, pretrained, base_env, data):
+    """A payload in the newest checkpoint's DeepSpeed model states: resume refuses (one line, exit 2) and the
+    payload never runs, whether the manifest was left alone (digest mismatch) or rewritten (restricted load)."""
+    import shutil
+
+    from test_checkpoint_trust import Payload
+
+    from llava.train.checkpoint_trust import CONVERTER_WARNING, MANIFEST, write_manifest
+
+    out = workdir / "planted"
+    shutil.copytree(pretrained, out)
+    newest = out / "checkpoint-6"
+    assert (newest / MANIFEST).is_file() and CONVERTER_WARNING in (newest / "zero_to_fp32.py").read_text()
+    states = newest / "global_step6" / "mp_rank_00_model_states.pt"
+    marker = workdir / "PWNED"
+    state = torch.load(states, weights_only=True)
+    torch.save({**state, "payload": Payload(marker)}, states)
+    env = dict(base_env, DATA_PATH=data.pretrain_json, OUTPUT_DIR=out, MAX_STEPS=8, SAVE_STEPS=3, LR=1e-2)
+    for expected in ("does not match its SHA-256", "needs more than tensors and plain data"):
+        log = workdir / "planted.log"
+        proc = _start("pretrain.sh", log, **env)
+        assert proc.wait(timeout=STAGE_TIMEOUT_S) == 2, log.read_text()[-3000:]
+        errors = [x for x in log.read_text().splitlines() if x.startswith("error: not resuming")]
+        assert len(errors) == 1 and expected in errors[0] and str(states) in errors[0], errors
+        assert "Traceback" not in log.read_text() and not marker.exists()
+        write_manifest(newest)  # second round: an attacker who rewrites the manifest too

@@ -40,7 +40,8 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.data.sample_check import structural_problems, structural_warnings
 from llava.mm_utils import load_image
 from llava.utils.atomic import atomic_write_text
 from llava.utils.image_files import image_inside_folder
@@ -53,7 +54,7 @@ CATEGORIES: MappingProxyType[str, tuple[str, str]] = MappingProxyType({
     "missing_id": (WARNING, "give every sample an 'id' so logs and reports can name it"),
     "duplicate_id": (WARNING, "make ids unique so reports and logs point at one sample"),
     "first_turn_not_human": (WARNING, "training drops a leading non-human turn; start with 'human'"),
-    "bad_conversation": (ERROR, "alternate human/gpt turns, starting with human, with a gpt answer"),
+    "bad_conversation": (ERROR, "alternate human/gpt turns, starting with human, with non-empty gpt answers"),
     "missing_image_token": (ERROR, "add '<image>\\n' at the start of the first human turn"),
     "too_many_image_tokens": (ERROR, "keep exactly one '<image>' in a sample with one 'image'"),
     "image_token_without_image": (ERROR, "add the 'image' key or remove '<image>' from the text"),
@@ -151,35 +152,6 @@ def sample_id_of(sample: Any, index: int) -> Any:
 # ---- per-sample text checks (run in workers) ----
 
 
-def _check_shape(sample: Any, index: int, sid: Any) -> list[dict[str, Any]]:
-    if not isinstance(sample, dict):
-        return [problem(index, sid, "malformed_sample", f"sample is a {type(sample).__name__}, not an object")]
-    convs = sample.get("conversations")
-    if not isinstance(convs, list) or not convs:
-        return [problem(index, sid, "malformed_sample", "'conversations' must be a non-empty list")]
-    for j, turn in enumerate(convs):
-        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str) or "from" not in turn:
-            return [problem(index, sid, "malformed_sample",
-                            f"conversation turn {j} must be {{'from': ..., 'value': str}}, got {turn!r:.80}")]
-    image = sample.get("image")
-    if image is not None and (not isinstance(image, str) or not image):
-        return [problem(index, sid, "malformed_sample", f"'image' must be one relative path, got {image!r:.80}")]
-    return []
-
-
-def _check_placeholders(sample: dict[str, Any], index: int, sid: Any) -> list[dict[str, Any]]:
-    count = sum(turn["value"].count(DEFAULT_IMAGE_TOKEN) for turn in sample["conversations"])
-    image = sample.get("image")
-    if image is not None and count == 0:
-        return [problem(index, sid, "missing_image_token", f"has 'image': {image!r} but no <image> in its turns")]
-    if image is not None and count > 1:
-        return [problem(index, sid, "too_many_image_tokens", f"has one 'image' but {count} <image> placeholders")]
-    if image is None and count:
-        return [problem(index, sid, "image_token_without_image",
-                        f"{count} <image> placeholder(s) but no 'image' key (the text would be trained literally)")]
-    return []
-
-
 @functools.lru_cache(maxsize=2)
 def _load_tokenizer(path: str) -> Any:
     """The tokenizer the trainer would build (slow tokenizer, right padding), once per process.
@@ -226,19 +198,16 @@ def _check_tokens(sample: dict[str, Any], index: int, sid: Any, cfg: DoctorConfi
 
 
 def check_sample(sample: Any, index: int, cfg: DoctorConfig) -> list[dict[str, Any]]:
-    """All text-side problems of one sample (shape, roles, placeholders, masking, length)."""
+    """All text-side problems of one sample (shape, placeholders, answers, roles, masking, length)."""
     sid = sample_id_of(sample, index)
-    found = _check_shape(sample, index, sid)
-    if found:
-        return found
-    if not isinstance(sample.get("id"), (str, int)) or isinstance(sample.get("id"), bool):
+    errors = structural_problems(sample)  # the same checks training runs (llava.data.sample_check)
+    found = []
+    sample_id = sample.get("id") if isinstance(sample, dict) else None
+    if isinstance(sample, dict) and (not isinstance(sample_id, (str, int)) or isinstance(sample_id, bool)):
         found.append(problem(index, sid, "missing_id", f"'id' is {sample.get('id')!r}; reports use '#{index}'"))
-    roles = [turn["from"] for turn in sample["conversations"]]
-    if roles[0] == "gpt":
-        found.append(problem(index, sid, "first_turn_not_human", f"first turn is from {roles[0]!r}; it is dropped"))
-    placeholder_problems = _check_placeholders(sample, index, sid)
-    if placeholder_problems:
-        return found + placeholder_problems
+    if errors:
+        return found + [problem(index, sid, category, detail) for category, detail in errors]
+    found += [problem(index, sid, category, detail) for category, detail in structural_warnings(sample)]
     return found + _check_tokens(sample, index, sid, cfg)
 
 

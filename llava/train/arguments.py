@@ -100,6 +100,11 @@ class TrainingArguments(transformers.TrainingArguments):
     optim: str = field(default="adamw_torch")
     remove_unused_columns: bool = field(default=False)
     freeze_mm_mlp_adapter: bool = field(default=False)
+    trust_checkpoint: bool = field(
+        default=False,
+        metadata={"help": "Resume from a checkpoint without verifying its llava_manifest.json digests and "
+                  "without the restricted-unpickle check (only for checkpoints you made yourself)."},
+    )
     model_max_length: int = field(
         default=512,
         metadata={"help": "Maximum sequence length; sequences are right padded (and possibly truncated)."},

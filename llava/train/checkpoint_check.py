@@ -77,14 +77,25 @@ def checkpoint_problem(folder: str | os.PathLike) -> str | None:
 
 
 def newest_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The newest ``checkpoint-N`` in ``output_dir`` that passes :func:`checkpoint_problem`; warns per skip."""
+    """The newest ``checkpoint-N`` in ``output_dir`` that passes :func:`checkpoint_problem`; warns per skip.
+
+    When any checkpoint here carries ``llava_manifest.json`` (written last by our trainer), one without it
+    is unfinished too. Foreign checkpoints (none has one) are returned as they are; resume then refuses
+    them unless ``--trust_checkpoint True`` (:mod:`llava.train.checkpoint_trust`).
+    """
     if not os.path.isdir(output_dir):
         return None
+    from llava.train.checkpoint_trust import MANIFEST
+
     found = sorted(((int(m.group(1)), name) for name in os.listdir(output_dir)
                     if (m := CHECKPOINT_RE.match(name))), reverse=True)
+    # our trainer writes the manifest last: once one checkpoint here has it, one without it is unfinished
+    ours = any(os.path.isfile(os.path.join(output_dir, name, MANIFEST)) for _, name in found)
     for _, name in found:
         path = os.path.join(output_dir, name)
         problem = checkpoint_problem(path)
+        if problem is None and ours and not os.path.isfile(os.path.join(path, MANIFEST)):
+            problem = f"{MANIFEST} is missing (killed before the save finished?)"
         if problem is None:
             return path
         logger.warning("not resuming from %s: %s; trying the previous checkpoint", path, problem)

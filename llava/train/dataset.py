@@ -30,8 +30,9 @@ import torch
 from PIL import Image, ImageFile
 from torch.utils.data import Dataset
 
-from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import get_conv_template
+from llava.data.sample_check import structural_problems
 from llava.mm_utils import image_to_tensor, load_image
 from llava.train.preprocess import BAD_SAMPLE_CATEGORIES, BadSampleError, preprocess, preprocess_multimodal
 from llava.utils.image_files import image_inside_folder
@@ -156,6 +157,10 @@ class LazySupervisedDataset(Dataset):
             )
         # Per-sample status shared with DataLoader workers: 0 = fine/unknown, k = BAD_SAMPLE_CATEGORIES[k-1].
         self._status = torch.zeros(len(self.list_data_dict), dtype=torch.int8).share_memory_()
+        if self.skip_bad_samples:  # structural problems are known up front: skipped and counted exactly
+            for i, sample in enumerate(self.list_data_dict):
+                if problems := structural_problems(sample):
+                    self._status[i] = BAD_SAMPLE_CATEGORIES.index(problems[0][0]) + 1
         self._lengths: list[int] | None = None
         self._modality_lengths: list[int] | None = None
 
@@ -208,34 +213,14 @@ class LazySupervisedDataset(Dataset):
             raise err.located(sample_id, self.data_path, i) from None
 
     def _build(self, sample: Any, sample_id: Any, i: int) -> dict[str, torch.Tensor]:
-        if not isinstance(sample, dict) or not isinstance(sample.get("conversations"), list):
-            raise BadSampleError("malformed_sample", "expected a dict with a 'conversations' list")
+        problems = structural_problems(sample)  # the doctor's checks, same function
+        if problems:
+            raise BadSampleError(*problems[0])
         has_image = _has_image(sample)
         sources = [sample["conversations"]]
         image_path = None
         if has_image:
-            if not isinstance(sample["image"], str):
-                raise BadSampleError(
-                    "malformed_sample", f"'image' must be one relative path, got {sample['image']!r}"
-                )
             sources = preprocess_multimodal(sources, self.is_multimodal, self.mm_use_im_start_end)
-            n_placeholders = sum(
-                DEFAULT_IMAGE_TOKEN in c.get("value", "")
-                for c in sources[0]
-                if isinstance(c, dict) and isinstance(c.get("value"), str)
-            )
-            if n_placeholders == 0:
-                raise BadSampleError(
-                    "missing_image_token",
-                    f"has 'image': {sample['image']!r} but no "
-                    f"{DEFAULT_IMAGE_TOKEN} in its conversations; add {DEFAULT_IMAGE_TOKEN}\\n "
-                    "at the start of the first human turn",
-                )
-            if n_placeholders > 1:
-                raise BadSampleError(
-                    "too_many_image_tokens",
-                    f"has one 'image' but {n_placeholders} turns containing {DEFAULT_IMAGE_TOKEN}",
-                )
             image_path = self._image_path(sample["image"])
             if not os.path.isfile(image_path):
                 raise BadSampleError(
@@ -286,6 +271,33 @@ class LazySupervisedDataset(Dataset):
             )
 
     # ---- reporting ----
+
+    def sync_across_ranks(self) -> None:
+        """Merge every rank's per-sample status into this one (a collective: call it on every rank).
+
+        A sample is counted once however many ranks (or epochs) met it: statuses are combined by maximum.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        status = self._status.to(torch.int32)
+        if dist.get_backend() == "nccl":
+            status = status.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(status, op=dist.ReduceOp.MAX)
+        self._status.copy_(status.cpu().to(torch.int8))
+
+    def status_record(self) -> dict[str, str]:
+        """{index: category} of every sample skipped or fully masked so far (for a checkpoint's JSON)."""
+        names = (*BAD_SAMPLE_CATEGORIES, "tokenization_mismatch")
+        return {str(i): names[int(self._status[i]) - 1] for i in self._status.nonzero().flatten().tolist()}
+
+    def restore_status(self, record: dict[str, str]) -> None:
+        """Take back :meth:`status_record` from the checkpoint a run resumes from (counts stay exact)."""
+        names = (*BAD_SAMPLE_CATEGORIES, "tokenization_mismatch")
+        for index, category in record.items():
+            if category in names and 0 <= int(index) < len(self._status):
+                self._status[int(index)] = max(int(self._status[int(index)]), names.index(category) + 1)
 
     def skip_counts(self) -> dict[str, int]:
         """Bad samples seen so far by category (all workers), plus ``tokenization_mismatch`` (kept)."""

@@ -48,6 +48,7 @@ BAD_SAMPLE_CATEGORIES = (
     "bad_conversation",
     "missing_image_token",
     "too_many_image_tokens",
+    "image_token_without_image",
     "missing_image",
     "image_outside_folder",
     "unreadable_image",

@@ -12,6 +12,7 @@ projector-only (``mm_projector.bin``), LoRA (adapter + ``non_lora_trainables.bin
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -270,6 +271,8 @@ def train(attn_implementation: str | None = None) -> None:
     model_args, data_args, training_args, records = parse_and_check(build_parser, argv, validate_args)
     _setup_logging(training_args)
     init_distributed(training_args)
+    resume = find_resume_checkpoint(training_args.output_dir)
+    check_resume_checkpoint(resume, training_args.trust_checkpoint)
     transformers.set_seed(training_args.seed)  # before any module is built: the projector's init is seeded
 
     model = load_model(model_args, training_args, attn_implementation)
@@ -302,9 +305,9 @@ def train(attn_implementation: str | None = None) -> None:
     label = training_args.progress_label or os.path.basename(os.path.normpath(training_args.output_dir))
     trainer.add_callback(ProgressCallback(label))
 
-    resume = find_resume_checkpoint(training_args.output_dir)
     if resume is not None:
         logger.info("resuming from %s", resume)
+        restore_skipped(data_module.get("train_dataset"), resume)
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_state()
 
@@ -312,6 +315,39 @@ def train(attn_implementation: str | None = None) -> None:
     trainer.save_model(training_args.output_dir)
     _report_skips(data_module.get("train_dataset"), training_args)
     _shutdown_distributed()
+
+
+def restore_skipped(dataset: Any, checkpoint: str) -> None:
+    """Load the checkpoint's record of skipped samples into ``dataset`` (exact counts after a resume)."""
+    from llava.train.trainer import SKIPPED_FILE
+
+    path = os.path.join(checkpoint, SKIPPED_FILE)
+    if hasattr(dataset, "restore_status") and os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            dataset.restore_status(json.load(f))
+
+
+def check_resume_checkpoint(resume: str | None, trust: bool) -> None:
+    """Refuse (one line, exit 2) a resume checkpoint that fails :mod:`llava.train.checkpoint_trust`.
+
+    Rank 0 verifies (hashing a large checkpoint once, not once per rank) and tells the others.
+    """
+    if resume is None:
+        return
+    from llava.train.checkpoint_trust import UntrustedCheckpointError, verify_checkpoint
+    from llava.train.usage import fail
+
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    verdict: list[str | None] = [None]
+    if not distributed or torch.distributed.get_rank() == 0:
+        try:
+            verify_checkpoint(resume, trust=trust)
+        except UntrustedCheckpointError as err:
+            verdict[0] = f"not resuming: {err}"
+    if distributed:
+        torch.distributed.broadcast_object_list(verdict, src=0)
+    if verdict[0] is not None:
+        fail(verdict[0])
 
 
 def _shutdown_distributed() -> None:
@@ -338,8 +374,12 @@ def hard_exit_after_cpu_deepspeed() -> None:
 
 
 def _report_skips(dataset: Any, training_args: TrainingArguments) -> None:
+    """The skip report over every rank (and every resumed run), printed once."""
     report_fn = getattr(dataset, "skip_report", None)
-    if report_fn is None or not training_args.should_log:
+    if report_fn is None:
+        return
+    dataset.sync_across_ranks()  # collective: before the rank check
+    if not training_args.should_log:
         return
     report = report_fn()
     if report:

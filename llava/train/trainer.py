@@ -29,11 +29,12 @@ from transformers import Trainer
 
 from llava.model.checkpoints import MM_PROJECTOR_FILE, NON_LORA_FILE, projector_tensors
 from llava.train.aux_loss_logging import AuxLossLoggingMixin
-from llava.utils.atomic import atomic_path, atomic_torch_save
+from llava.utils.atomic import atomic_path, atomic_torch_save, atomic_write_json
 from llava.utils.generation_config import sanitize_generation_config
 from llava.utils.zero import gather_named, get_peft_state_non_lora_maybe_zero_3
 
 logger = logging.getLogger(__name__)
+SKIPPED_FILE = "skipped_samples.json"  # per checkpoint: {sample index: category} of the samples skipped so far
 
 
 def atomic_save_config(config: Any, output_dir: str) -> None:
@@ -176,6 +177,25 @@ class LLaVATrainer(AuxLossLoggingMixin, Trainer):
         atomic_torch_save(state, os.path.join(output_dir, NON_LORA_FILE))
         atomic_save_config(model.config, output_dir)
         logger.info("saved %d non-LoRA trainable tensors to %s/%s", len(state), output_dir, NON_LORA_FILE)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """HF's checkpoint, then (every rank done) the converter warning and ``llava_manifest.json`` on rank 0."""
+        super()._save_checkpoint(model, trial)
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        from llava.train.checkpoint_trust import mark_converter_scripts, write_manifest
+
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        dataset = self.train_dataset
+        if hasattr(dataset, "sync_across_ranks"):
+            dataset.sync_across_ranks()  # collective: every rank's skipped samples, counted once
+        self.accelerator.wait_for_everyone()  # other ranks' ZeRO shards are written
+        if self.args.should_save and os.path.isdir(folder):
+            if hasattr(dataset, "status_record"):
+                atomic_write_json(os.path.join(folder, SKIPPED_FILE), dataset.status_record())
+            mark_converter_scripts(folder)
+            write_manifest(folder)
+        self.accelerator.wait_for_everyone()
 
     # ---- resuming (non-DeepSpeed path; DeepSpeed restores from its own global_step* folder) ----
 

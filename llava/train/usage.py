@@ -57,4 +57,21 @@ def parse_and_check(build_parser: Any, argv: list[str], validate: Any) -> tuple[
         records = load_data_file(data_args.data_path)
     except ValueError as err:  # DataFileError and UnicodeDecodeError are ValueErrors too
         fail(str(err))
+    if not data_args.skip_bad_samples:
+        check_structure(records, data_args.data_path)
     return model_args, data_args, training_args, records
+
+
+def check_structure(records: list[Any], data_path: str) -> None:
+    """:func:`fail` on the first structurally bad sample (:mod:`llava.data.sample_check`), with the count."""
+    from llava.data.sample_check import first_problem
+
+    found = first_problem(records)
+    if found is None:
+        return
+    index, category, detail, n_bad = found
+    sample = records[index]
+    sid = sample.get("id", f"#{index}") if isinstance(sample, dict) else f"#{index}"
+    fail(f"{n_bad} sample(s) in {data_path} cannot be trained on; the first: {category}: sample id={sid!r} (index "
+         f"{index}): {detail}. Fix them (python -m llava.data.doctor lists them all) or pass --skip_bad_samples "
+         "True to skip and count them")
