@@ -73,7 +73,20 @@ def checkpoint_problem(folder: str | os.PathLike) -> str | None:
                 return problem if path.parent == folder else f"{rel}: {problem}"
         elif path.suffix in WEIGHT_SUFFIXES and path.stat().st_size == 0:
             return f"{rel} is empty"
-    return _deepspeed_problem(folder)
+    return _deepspeed_problem(folder) or _manifest_problem(folder)
+
+
+def _manifest_problem(folder: Path) -> str | None:
+    """A file our trainer's manifest lists is missing (its digests are checked at resume, not here)."""
+    from llava.train.checkpoint_trust import MANIFEST
+
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return None
+    for rel in sorted(json.loads(manifest.read_text(encoding="utf-8")).get("sha256", {})):
+        if not (folder / rel).is_file():
+            return f"{rel} is missing (listed in {MANIFEST})"
+    return None
 
 
 def newest_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
