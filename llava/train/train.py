@@ -357,7 +357,7 @@ def _shutdown_distributed() -> None:
         torch.distributed.destroy_process_group()
 
 
-def hard_exit_after_cpu_deepspeed() -> None:
+def hard_exit_after_cpu_deepspeed(code: int = 0) -> None:
     """End the process at once after a multi-process CPU DeepSpeed run (``DS_ACCELERATOR=cpu``).
 
     DeepSpeed's CPU communication backend leaves native threads behind; at interpreter shutdown
@@ -370,7 +370,7 @@ def hard_exit_after_cpu_deepspeed() -> None:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 def _report_skips(dataset: Any, training_args: TrainingArguments) -> None:

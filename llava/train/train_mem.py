@@ -34,7 +34,11 @@ def main() -> None:
     if os.environ.get("LOCAL_RANK", "0") == "0":
         reason = "flash_attn is importable" if attn == "flash_attention_2" else "flash_attn not available"
         print(f"[llava] attention implementation: {attn} ({reason})", flush=True)
-    train(attn_implementation=attn)
+    try:
+        train(attn_implementation=attn)
+    except SystemExit as stop:  # a one-line user error (exit 2): the same clean exit as a finished run
+        hard_exit_after_cpu_deepspeed(stop.code if isinstance(stop.code, int) else 1)
+        raise
     hard_exit_after_cpu_deepspeed()
 
 
