@@ -7,4 +7,4 @@ PY="${PYTHON:-python3}"
 bash scripts/install.sh
 "$PY" -m ruff check llava tests scripts
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-"$PY" -m pytest -q -p no:cacheprovider "$@"
+"$PY" -m pytest -q -p no:cacheprovider --durations=15 "$@"  # the 15 slowest tests: where the suite time goes
