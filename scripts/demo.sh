@@ -2,7 +2,7 @@
 # The demo: tiny local models + the synthetic spatial benchmark, trained on CPU through the real
 # stage scripts (vanilla, multiNorm, compression, 2D RoPE), evaluated, tabulated and plotted.
 #
-#   bash scripts/demo.sh [--quick] [--output_dir DIR] [--variants vanilla,rope2d] [--threads N]
+#   bash scripts/demo.sh [--quick] [--llm tiny|smollm2] [--output_dir DIR] [--variants vanilla,rope2d] [--threads N]
 #
 # Installs the package first (scripts/install.sh) unless LLAVA_SKIP_INSTALL=1. Writes
 # DIR/ablation.md, DIR/ablation.png (DIR defaults to ./demo_output). The logic is in scripts/demo_ablation.py.
