@@ -127,3 +127,24 @@ def test_launch_stops_before_weights_on_the_first_bad_sample(corpus, tiny_llama,
                                                    f"trained on; the first: {first_category}: sample id="
                                                    f"'{first_sid}' (index 0)"), lines
     assert "--skip_bad_samples True" in lines[0]
+
+
+def test_training_with_skip_counts_every_case(corpus, tiny_llama, tiny_clip, tmp_path,
+                                              monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from llava.train.train import train
+
+    data, images = corpus
+    monkeypatch.setattr(sys, "argv", [
+        "train.py", "--model_name_or_path", tiny_llama, "--vision_tower", tiny_clip, "--version", "v1",
+        "--mm_use_im_patch_token", "False", "--data_path", str(data), "--image_folder", str(images),
+        "--output_dir", str(tmp_path / "out"), "--use_cpu", "True", "--num_train_epochs", "1",
+        "--per_device_train_batch_size", "2", "--report_to", "none", "--save_strategy", "no",
+        "--model_max_length", "128", "--skip_bad_samples", "True", "--dataloader_num_workers", "0"])
+    train()
+    counts: dict[str, int] = {}
+    for _, _, category in CASES:
+        counts[category] = counts.get(category, 0) + 1
+    from llava.train.preprocess import BAD_SAMPLE_CATEGORIES
+
+    detail = ", ".join(f"{c}={counts[c]}" for c in BAD_SAMPLE_CATEGORIES if c in counts)
+    assert f"skipped {len(CASES)} bad samples: {detail}" in capsys.readouterr().out.splitlines()
