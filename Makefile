@@ -2,7 +2,7 @@ PYTHON ?= python3
 
 .PHONY: demo demo-quick demo-smollm2 test
 
-# Full CPU demo ablation (~24 min on 2 cores); OUTPUT_DIR=... to choose where it writes.
+# Full CPU demo ablation (~30 min on 2 cores); OUTPUT_DIR=... to choose where it writes.
 demo:
 	bash scripts/demo.sh --output_dir $${OUTPUT_DIR:-demo_output}
 
