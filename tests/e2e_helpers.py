@@ -58,6 +58,19 @@ def _run(script: str, log: Path, *args: str, **overrides: object) -> str:
     return text
 
 
+def _kill_once_saved(proc: subprocess.Popen, marker: Path, log: Path, poll_s: float = 0.2) -> None:
+    """SIGKILL a running stage as soon as ``marker`` exists; assert it was written before the run ended."""
+    import time
+
+    deadline = time.monotonic() + STAGE_TIMEOUT_S
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(poll_s)
+    finished_early = proc.poll() is not None
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert marker.exists() and not finished_early, log.read_text()[-4000:]
+
+
 def _losses(output_dir: Path) -> list[float]:
     state = json.loads((output_dir / "trainer_state.json").read_text())
     return [h["loss"] for h in state["log_history"] if "loss" in h]

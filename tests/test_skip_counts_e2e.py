@@ -4,13 +4,10 @@ counted once; a run killed after a checkpoint and resumed reports the same count
 from __future__ import annotations
 
 import json
-import os
-import signal
-import time
 from pathlib import Path
 
 import pytest
-from e2e_helpers import STAGE_TIMEOUT_S, _run, _start
+from e2e_helpers import _kill_once_saved, _run, _start
 from helpers_data import write_shapes_dataset
 
 pytestmark = pytest.mark.slow
@@ -52,14 +49,7 @@ def test_counts_once_across_ranks_and_resumes(setup):
     out = root / "resumed"
     proc = _start("pretrain.sh", root / "killed.log", "--skip_bad_samples", "True", OUTPUT_DIR=out, SAVE_STEPS=3,
                   **env)
-    marker = out / "checkpoint-3" / "llava_manifest.json"
-    deadline = time.monotonic() + STAGE_TIMEOUT_S
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    finished_early = proc.poll() is not None
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert marker.exists() and not finished_early, (root / "killed.log").read_text()[-3000:]
+    _kill_once_saved(proc, out / "checkpoint-3" / "llava_manifest.json", root / "killed.log", poll_s=0.1)
     assert json.loads((out / "checkpoint-3" / "skipped_samples.json").read_text())  # counts travel in it
     log = _run("pretrain.sh", root / "resumed.log", "--skip_bad_samples", "True", OUTPUT_DIR=out, SAVE_STEPS=3,
                **env)

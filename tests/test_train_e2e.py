@@ -8,11 +8,8 @@ keeps the projector -> merge_lora_weights.py -> load + generate. Kept tiny: a fe
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +20,7 @@ from e2e_helpers import (
     STAGE_TIMEOUT_S,
     _generate,
     _global_step,
+    _kill_once_saved,
     _losses,
     _run,
     _stage_env,
@@ -75,14 +73,8 @@ def test_finetune_killed_then_resumed_loads_and_generates(workdir, pretrained, b
     env = dict(base_env, DATA_PATH=data.finetune_json, OUTPUT_DIR=out, MAX_STEPS=8, SAVE_STEPS=3, LR=2e-3,
                PRETRAIN_MM_MLP_ADAPTER=pretrained / "mm_projector.bin")
     proc = _start("finetune.sh", workdir / "finetune_killed.log", **env)
-    marker = out / "checkpoint-3" / "llava_manifest.json"  # written last: the save is complete
-    deadline = time.monotonic() + STAGE_TIMEOUT_S
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    finished_early = proc.poll() is not None
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert marker.exists() and not finished_early, (workdir / "finetune_killed.log").read_text()[-4000:]
+    # the manifest is written last: the save is complete
+    _kill_once_saved(proc, out / "checkpoint-3" / "llava_manifest.json", workdir / "finetune_killed.log")
     assert not (out / "model.safetensors").exists()  # really stopped before the end
 
     log = _run("finetune.sh", workdir / "finetune_resumed.log", **env)

@@ -76,9 +76,8 @@ def structural_problems(sample: Any) -> list[tuple[str, str]]:
 
 
 def structural_warnings(sample: Any) -> list[tuple[str, str]]:
-    """What training repairs by itself, as ``(category, detail)`` (only for samples without errors)."""
-    if structural_problems(sample):
-        return []
+    """What training repairs by itself, as ``(category, detail)``; for a sample :func:`structural_problems`
+    found no error in (the caller checks that first)."""
     first = sample["conversations"][0]["from"]
     if first != HUMAN:
         return [("first_turn_not_human", f"first turn is from {first!r}; training drops it (upstream)")]
