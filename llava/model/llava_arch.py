@@ -176,11 +176,13 @@ class LlavaMetaForCausalLM:
         padding_side: str | None = None,
         unused_images: bool = False,
         truncate: bool = True,
+        segments: torch.Tensor | None = None,
     ) -> SpliceResult:
         """Encode ``images`` and splice them into ``input_ids``; returns the full :class:`SpliceResult`.
 
         ``unused_images``: the batch has no placeholders; the images are encoded and kept in the
         graph with zero weight (text-only training batches, see :func:`splice_image_features`).
+        ``segments``: the sample ids of a packed batch (:mod:`llava.model.packing`).
         """
         images = self._stack_images(images)
         self._check_image_size(images)
@@ -198,6 +200,7 @@ class LlavaMetaForCausalLM:
             input_ids, attention_mask, labels, feats, embed,
             max_length=getattr(self.config, "tokenizer_model_max_length", None), padding_side=side,
             layout=layout, two_d=pipe.uses_2d_positions, unused_images=unused_images, truncate=truncate,
+            segments=segments,
         )
         if aux is not None:
             res.vision_features, res.projected = aux

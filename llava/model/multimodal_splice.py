@@ -18,6 +18,7 @@ from torch import nn
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 from .block_layout import BlockLayout
+from .packing import restart_per_segment
 
 
 @dataclass
@@ -31,6 +32,8 @@ class SpliceResult:
     labels: torch.Tensor | None
     image_mask: torch.Tensor
     """True where an image feature was written (inserted coordinate tokens excluded)."""
+    segments: torch.Tensor | None = None
+    """(B, L_new) sample ids of a packed batch (0 on padding; an image block takes its placeholder's id)."""
     vision_features: torch.Tensor | None = None
     """(N, T, mm_hidden) projector input of the images (set by the model, for the regularizers)."""
     projected: torch.Tensor | None = None
@@ -49,6 +52,7 @@ def splice_image_features(
     two_d: bool = False,
     unused_images: bool = False,
     truncate: bool = True,
+    segments: torch.Tensor | None = None,
 ) -> SpliceResult:
     """Replace each image placeholder by the features of one image; see the module docstring.
 
@@ -59,6 +63,8 @@ def splice_image_features(
     graph through a zero-row copy, so a text-only training batch builds the same graph as an
     image batch (same gradient order on every rank under ZeRO-3). ``truncate=False`` (generation)
     raises instead of cutting a sequence longer than ``max_length``: a cut prompt loses its end.
+    ``segments`` (B, L): sample ids of a packed batch (:mod:`llava.model.packing`); position ids then
+    restart at 0 on each sample and the result carries the ids of every output position.
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
@@ -137,6 +143,9 @@ def splice_image_features(
         offsets, advance, is_feature = layout.position_offsets(two_d), layout.advance(two_d), layout.is_feature
     pos_width = torch.where(is_img, advance, valid.long())
     pos_start = pos_width.cumsum(dim=1) - pos_width
+    if segments is not None:
+        segments = segments.masked_fill(~valid, 0)
+        pos_start = restart_per_segment(pos_start, segments)
     pos = torch.zeros(2, bsz * out_len, dtype=torch.long, device=device)
     pos[:, tb * out_len + t_dest] = pos_start[tb, tt]
     img_pos = pos_start[ib, it].view(1, -1, 1) + offsets.to(device).unsqueeze(1)
@@ -146,6 +155,13 @@ def splice_image_features(
     image_mask = torch.zeros(bsz * out_len, dtype=torch.bool, device=device)
     image_mask[i_flat[i_keep]] = is_feature.to(device).unsqueeze(0).expand_as(i_keep)[i_keep]
     image_mask = image_mask.view(bsz, out_len)
+
+    new_segments = None
+    if segments is not None:
+        new_segments = torch.zeros(bsz * out_len, dtype=segments.dtype, device=device)
+        new_segments[tb * out_len + t_dest] = segments[tb, tt]
+        new_segments[i_flat[i_keep]] = segments[ib, it].unsqueeze(1).expand_as(i_keep)[i_keep]
+        new_segments = new_segments.view(bsz, out_len)
 
     new_labels = None
     if labels is not None:
@@ -158,4 +174,5 @@ def splice_image_features(
         position_ids=position_ids,
         labels=new_labels,
         image_mask=image_mask,
+        segments=new_segments,
     )

@@ -14,6 +14,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin
 
 from ..llava_arch import LlavaMetaForCausalLM
+from ..packing import mask_first_labels, packed_attention, segment_positions
 
 
 class LlavaCausalLMMixin(LlavaMetaForCausalLM):
@@ -58,8 +59,11 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
         use_cache: bool | None = None,
         images: torch.Tensor | list[torch.Tensor] | None = None,
         image_sizes: Any = None,
+        packed_seq_ids: torch.LongTensor | None = None,
         **kwargs: Any,
     ) -> Any:
+        """Upstream's forward; ``packed_seq_ids`` (B, L) marks the samples of a packed batch
+        (:mod:`llava.model.packing`: 0 on padding, k on the k-th sample of a row)."""
         aux: dict[str, torch.Tensor] = {}
         tower = self.get_vision_tower() if inputs_embeds is None and input_ids is not None else None
         # A text-only training batch runs one blank image through the same path as an image batch
@@ -69,11 +73,16 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
             res = self.prepare_multimodal_splice(
                 input_ids, attention_mask, labels,
                 self.blank_images(input_ids.device) if text_only_training else images, image_sizes,
-                unused_images=text_only_training)
+                unused_images=text_only_training, segments=packed_seq_ids)
             input_ids, inputs_embeds = None, res.inputs_embeds
             attention_mask, position_ids, labels = res.attention_mask, res.position_ids, res.labels
+            packed_seq_ids = res.segments
             if labels is not None:
                 aux = self.auxiliary_losses(res)
+        if packed_seq_ids is not None:
+            attention_mask, position_ids, labels, extra = self._packed_inputs(
+                packed_seq_ids, position_ids, labels, inputs_embeds)
+            kwargs.update(extra)
         out = super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -91,6 +100,17 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
             out["aux_losses"] = aux
             out["aux_from_images"] = not text_only_training
         return out
+
+    def _packed_inputs(self, segments: torch.Tensor, position_ids: torch.Tensor | None, labels: torch.Tensor | None,
+                       inputs_embeds: torch.Tensor | None) -> tuple[Any, ...]:
+        """Block-diagonal attention, per-sample positions and boundary-safe labels of a packed batch."""
+        if position_ids is None:
+            position_ids = segment_positions(segments)
+        if labels is not None:
+            labels = mask_first_labels(labels, segments)
+        dtype = inputs_embeds.dtype if inputs_embeds is not None else self.get_input_embeddings().weight.dtype
+        mask, extra = packed_attention(self.config._attn_implementation, segments, dtype)
+        return mask, position_ids, labels, extra
 
     @torch.no_grad()
     def generate(

@@ -1,0 +1,98 @@
+"""Model side of packed training: several samples share one row, each attending only to itself.
+
+A packed batch carries ``packed_seq_ids`` (B, L): 0 on padding, ``k >= 1`` on the tokens of the
+k-th sample of the row (samples are contiguous). After the image splice the same ids mark every
+output position (an image block takes its placeholder's id). From them:
+
+* position ids restart at 0 on each sample's first token (done inside the splice, both streams
+  under 2D RoPE; :func:`segment_positions` for a row without images);
+* labels on each sample's first position are ignored (:func:`mask_first_labels`), so a sample's
+  first token is never the target of the previous sample's last one;
+* attention is block-diagonal causal: ``flash_attention_2``/``flash_attention_3`` get cumulative
+  sequence lengths over the flattened batch (varlen kernels, no mask); ``sdpa``/``eager`` get a 4D
+  mask (boolean / additive) that transformers passes through unchanged (:func:`packed_attention`).
+  Padding forms a block of its own, so no query row is fully masked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from llava.constants import IGNORE_INDEX
+
+MASK_IMPLEMENTATIONS = ("sdpa", "eager")
+VARLEN_PREFIX = "flash_attention"
+
+
+def check_packing_implementation(implementation: str | None) -> None:
+    """Raise ``ValueError`` when packed rows cannot be expressed for this attention implementation."""
+    impl = implementation or "eager"
+    if impl in MASK_IMPLEMENTATIONS or impl.startswith(VARLEN_PREFIX):
+        return
+    raise ValueError(
+        f"--packing True needs attention that can be told where samples end; attn_implementation {impl!r} is "
+        f"not one of {', '.join(MASK_IMPLEMENTATIONS)}, flash_attention_2/3; train with one of those or "
+        "without --packing")
+
+
+def sample_starts(segments: torch.Tensor) -> torch.Tensor:
+    """(B, L) bool: True on the first position of every sample (never on padding)."""
+    prev = torch.nn.functional.pad(segments[:, :-1], (1, 0), value=-1)
+    return (segments != prev) & (segments > 0)
+
+
+def mask_first_labels(labels: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+    """``labels`` with each sample's first position set to ``IGNORE_INDEX`` (a new tensor)."""
+    return labels.masked_fill(sample_starts(segments), IGNORE_INDEX)
+
+
+def restart_per_segment(values: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+    """Subtract from a row-wise nondecreasing (B, L) ``values`` its value at each segment's first position."""
+    bsz, length = segments.shape
+    n_seg = int(segments.max()) + 1 if segments.numel() else 1
+    key = (torch.arange(bsz, device=segments.device).unsqueeze(1) * n_seg + segments).reshape(-1)
+    big = torch.iinfo(values.dtype).max
+    first = torch.full((bsz * n_seg,), big, dtype=values.dtype, device=values.device)
+    first = first.scatter_reduce(0, key, values.reshape(-1), reduce="amin")
+    return values - first[key].view(bsz, length)
+
+
+def segment_positions(segments: torch.Tensor) -> torch.Tensor:
+    """(B, L) position ids counting from 0 within each sample (padding: 0), for rows without images."""
+    ar = torch.arange(segments.shape[1], device=segments.device).expand_as(segments).contiguous()
+    return restart_per_segment(ar, segments).masked_fill(segments == 0, 0)
+
+
+def block_causal_mask(segments: torch.Tensor) -> torch.Tensor:
+    """(B, 1, L, L) bool, True where query i may attend key j: same sample (or both padding) and j <= i."""
+    length = segments.shape[1]
+    same = segments.unsqueeze(2) == segments.unsqueeze(1)
+    causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
+    return (same & causal).unsqueeze(1)
+
+
+def varlen_kwargs(segments: torch.Tensor) -> dict[str, Any]:
+    """FlashAttention varlen arguments for the flattened (B * L) batch: one sequence per (row, sample/padding)."""
+    bsz, length = segments.shape
+    n_seg = int(segments.max()) + 1 if segments.numel() else 1
+    key = (torch.arange(bsz, device=segments.device).unsqueeze(1) * n_seg + segments).reshape(-1)
+    change = (key[1:] != key[:-1]).nonzero().flatten() + 1
+    bounds = torch.cat([key.new_zeros(1), change, key.new_full((1,), key.numel())]).to(torch.int32)
+    longest = int(bounds.diff().max()) if bounds.numel() > 1 else 0
+    return dict(cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=longest, max_length_k=longest)
+
+
+def packed_attention(implementation: str | None, segments: torch.Tensor,
+                     dtype: torch.dtype) -> tuple[torch.Tensor | None, dict[str, Any]]:
+    """``(attention_mask, extra forward kwargs)`` that make attention block-diagonal for ``implementation``."""
+    impl = implementation or "eager"
+    check_packing_implementation(impl)
+    if impl.startswith(VARLEN_PREFIX):
+        return None, varlen_kwargs(segments)
+    allowed = block_causal_mask(segments)
+    if impl == "sdpa":
+        return allowed, {}
+    additive = torch.zeros(allowed.shape, dtype=dtype, device=segments.device)
+    return additive.masked_fill(~allowed, torch.finfo(dtype).min), {}
