@@ -67,6 +67,9 @@ ModelArguments = model_arguments_class(AddonRegistry())
 """The model flags with the built-in add-ons (``model_arguments_class`` for external ones)."""
 
 
+DEFAULT_PACKING_BUFFER = 10000
+
+
 @dataclass
 class DataArguments:
     """Where the LLaVA-format data lives and how images are prepared."""
@@ -85,6 +88,14 @@ class DataArguments:
         metadata={"help": "Accept 'image' paths that are absolute or climb out of --image_folder with '..' "
                   "(refused by default: a data file could otherwise open any file on the machine)."},
     )
+    packing: bool = field(default=False, metadata={
+        "help": "Pack whole samples into rows of up to --model_max_length tokens (each attends only to itself; "
+                "a pack is one batch element). Off: upstream's padded batches."})
+    packing_buffer_size: int | None = field(default=None, metadata={
+        "help": f"--packing: samples per shuffled buffer that first-fit-decreasing packs (default "
+                f"{DEFAULT_PACKING_BUFFER})."})
+    packing_length_cache: str | None = field(default=None, metadata={
+        "help": "--packing: JSON cache of per-sample token counts (default <output_dir>/packing_lengths.json)."})
     # Filled in by train() after the model is built; not command-line flags.
     image_processor: Any = field(default=None, init=False, repr=False)
     mm_use_im_start_end: bool = field(default=False, init=False)
@@ -232,6 +243,20 @@ def validate_args(
             "--tune_mm_mlp_adapter / --pretrain_mm_mlp_adapter need a projector, which needs --vision_tower."
         )
     check_addons(model_args)
+    _check_packing(model_args, data_args)
+
+
+def _check_packing(model_args: ModelArguments, data_args: DataArguments) -> None:
+    if not data_args.packing:
+        for flag in ("packing_buffer_size", "packing_length_cache"):
+            if getattr(data_args, flag) is not None:
+                raise ValueError(f"--{flag} has no effect without --packing True: add that flag or drop --{flag}.")
+        return
+    if model_args.vision_tower is None:
+        raise ValueError("--packing True needs the LLaVA model class, which --vision_tower selects; "
+                         "pass --vision_tower or train without --packing.")
+    if data_args.packing_buffer_size is not None and data_args.packing_buffer_size < 1:
+        raise ValueError(f"--packing_buffer_size must be >= 1, got {data_args.packing_buffer_size}.")
 
 
 def _llm_width(model_name_or_path: str) -> int | None:

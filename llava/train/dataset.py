@@ -212,6 +212,38 @@ class LazySupervisedDataset(Dataset):
         except BadSampleError as err:
             raise err.located(sample_id, self.data_path, i) from None
 
+    def get_or_none(self, i: int) -> dict[str, torch.Tensor] | None:
+        """Sample ``i`` itself, or None when it is bad and ``skip_bad_samples`` is on (counted; packing uses it)."""
+        if not self.skip_bad_samples:
+            return self._get(i)
+        if 0 < int(self._status[i]) < _MISMATCH_CODE:
+            return None
+        try:
+            return self._get(i)
+        except BadSampleError as err:
+            self._status[i] = BAD_SAMPLE_CATEGORIES.index(err.category) + 1
+            logger.warning("skipping bad sample (--skip_bad_samples): %s", err)
+            return None
+
+    def token_count(self, i: int) -> tuple[int, int] | None:
+        """(tokens before the image splice, images) of sample ``i`` without reading its image; None if bad."""
+        sample = self.list_data_dict[i]
+        if structural_problems(sample):
+            return None
+        sources = [sample["conversations"]]
+        if _has_image(sample):
+            sources = preprocess_multimodal(sources, self.is_multimodal, self.mm_use_im_start_end)
+        try:
+            out = preprocess(sources, self.tokenizer, self.conv, has_image=_has_image(sample), sample_id=i)
+        except BadSampleError:
+            return None
+        input_ids = out["input_ids"][0]
+        return int(input_ids.numel()), int((input_ids == IMAGE_TOKEN_INDEX).sum())
+
+    def mark_bad(self, i: int, category: str) -> None:
+        """Record sample ``i`` as skipped for ``category`` (found before it was fetched, e.g. by packing)."""
+        self._status[i] = BAD_SAMPLE_CATEGORIES.index(category) + 1
+
     def _build(self, sample: Any, sample_id: Any, i: int) -> dict[str, torch.Tensor]:
         problems = structural_problems(sample)  # the doctor's checks, same function
         if problems:

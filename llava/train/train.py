@@ -269,6 +269,14 @@ def train(attn_implementation: str | None = None) -> None:
 
     argv = sys.argv[1:]
     model_args, data_args, training_args, records = parse_and_check(build_parser, argv, validate_args)
+    if data_args.packing:
+        from llava.model.packing import check_packing_implementation
+        from llava.train.usage import fail
+
+        try:
+            check_packing_implementation(attn_implementation or "sdpa")
+        except ValueError as err:
+            fail(str(err))
     _setup_logging(training_args)
     init_distributed(training_args)
     resume = find_resume_checkpoint(training_args.output_dir)
@@ -299,6 +307,10 @@ def train(attn_implementation: str | None = None) -> None:
     from llava.train.trainer import LLaVATrainer
 
     data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args, records=records)
+    if data_args.packing:
+        from llava.train.packing import packed_data_module
+
+        data_module = packed_data_module(data_module, data_args, training_args)
     trainer = LLaVATrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
     from llava.train.progress import ProgressCallback
 

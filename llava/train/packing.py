@@ -1,0 +1,277 @@
+"""Data side of ``--packing True``: whole samples packed into rows of at most ``model_max_length`` tokens.
+
+* **Lengths** (:func:`sample_lengths`): every sample's tokens before the image splice and its image
+  count, from tokenization alone (images are never opened), cached in a JSON file keyed by the data
+  file's SHA-256 and the tokenizer/template settings (``--packing_length_cache``, default
+  ``<output_dir>/packing_lengths.json``; rank 0 computes it, the other ranks read it). The length
+  of a sample in the LLM sequence is ``tokens + images * (tokens_per_image - 1)``, with the add-on
+  registry's tokens per image (compression, interleave, registers ...).
+* **Packs** (:func:`first_fit_decreasing`): the samples in a seeded random order, cut into buffers of
+  ``--packing_buffer_size``; inside each buffer first-fit-decreasing into bins of ``model_max_length``
+  (with ``--group_by_modality_length`` image and text-only samples are packed apart). The packs are
+  fixed for the run (same seed, same data: same packs, so a resumed run sees the same packs); the
+  Trainer's sampler shuffles their order every epoch. A pack is one batch element: a step takes
+  ``per_device_train_batch_size`` packs per device.
+* **Rows** (:class:`PackedCollator`): a pack's samples concatenated, ``packed_seq_ids`` marking them
+  (:mod:`llava.model.packing` does the rest in the model), each sample's first label ignored, rows
+  right-padded to the longest row of the batch.
+
+Bad samples: structural problems and samples longer than a row are known before training (without
+``--skip_bad_samples`` the run stops with one line; with it they are left out and counted); a sample
+that turns out bad when fetched (e.g. a missing image) is dropped from its pack and counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.train.preprocess import BadSampleError
+from llava.utils.atomic import atomic_write_json
+
+logger = logging.getLogger(__name__)
+CACHE_FORMAT = 1
+CACHE_FILE = "packing_lengths.json"
+
+
+# ---- lengths ----
+
+def file_digest(path: str) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_key(dataset: Any) -> dict[str, Any]:
+    """What the token counts depend on: the data file, the tokenizer and the prompt template."""
+    tok = dataset.tokenizer
+    return dict(format=CACHE_FORMAT, data_sha256=file_digest(dataset.data_path), samples=len(dataset),
+                tokenizer=f"{type(tok).__name__}:{getattr(tok, 'name_or_path', '')}:{len(tok)}",
+                template=hashlib.sha256(repr(dataset.conv).encode()).hexdigest(),
+                mm_use_im_start_end=bool(dataset.mm_use_im_start_end))
+
+
+def count_tokens(dataset: Any, report_every_s: float = 30.0) -> tuple[list[int], list[int]]:
+    """(tokens, images) per sample by tokenization (-1 tokens for a structurally bad sample); shows progress."""
+    tokens, images = [], []
+    n, start, last = len(dataset), time.monotonic(), time.monotonic()
+    for i in range(n):
+        counted = dataset.token_count(i)
+        tokens.append(-1 if counted is None else counted[0])
+        images.append(0 if counted is None else counted[1])
+        now = time.monotonic()
+        if now - last >= report_every_s and i + 1 < n:
+            last = now
+            eta = (now - start) / (i + 1) * (n - i - 1)
+            print(f"[packing] counting tokens {i + 1}/{n} ({100 * (i + 1) // n}%) ETA {eta:.0f}s", flush=True)
+    return tokens, images
+
+
+def sample_lengths(dataset: Any, cache_path: str | None) -> tuple[list[int], list[int]]:
+    """(tokens, images) per sample, read from ``cache_path`` when its key matches, else counted (and written)."""
+    import json
+
+    key = cache_key(dataset)
+    if cache_path and os.path.isfile(cache_path):
+        with open(cache_path, encoding="utf-8") as f:
+            cached = json.load(f)
+        if cached.get("key") == key:
+            return list(cached["tokens"]), list(cached["images"])
+        logger.info("packing: %s was made for other data or settings; counting again", cache_path)
+    tokens, images = count_tokens(dataset)
+    if cache_path:
+        os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
+        atomic_write_json(cache_path, dict(key=key, tokens=tokens, images=images), indent=None)
+    return tokens, images
+
+
+def sequence_lengths(tokens: Sequence[int], images: Sequence[int], tokens_per_image: int) -> list[int]:
+    """Positions each sample takes in the LLM sequence (-1 stays -1: a bad sample)."""
+    return [t if t < 0 else t + k * (tokens_per_image - 1) for t, k in zip(tokens, images)]
+
+
+# ---- packs ----
+
+def _ffd(items: list[int], lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """First-fit-decreasing of ``items`` (indices) into bins of ``capacity``; ties keep their order."""
+    ordered = sorted(items, key=lambda i: -lengths[i])  # stable
+    room = np.empty(len(ordered), dtype=np.int64)
+    bins: list[list[int]] = []
+    for i in ordered:
+        fits = np.flatnonzero(room[:len(bins)] >= lengths[i])
+        if fits.size:
+            b = int(fits[0])
+        else:
+            b = len(bins)
+            bins.append([])
+            room[b] = capacity
+        bins[b].append(i)
+        room[b] -= lengths[i]
+    return bins
+
+
+def first_fit_decreasing(lengths: Sequence[int], capacity: int, seed: int, buffer_size: int,
+                         groups: Sequence[int] | None = None) -> list[list[int]]:
+    """Packs (lists of sample indices) of total length <= ``capacity``; deterministic for ``seed``.
+
+    Samples with a negative length are left out. ``groups``: samples of different groups never share
+    a pack (modality grouping). Every other sample is in exactly one pack.
+    """
+    if capacity < 1 or buffer_size < 1:
+        raise ValueError(f"capacity ({capacity}) and buffer_size ({buffer_size}) must be positive")
+    if any(length > capacity for length in lengths):
+        raise ValueError("every length must fit the capacity; leave out (negative length) the longer samples")
+    order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)).tolist()
+    packs: list[list[int]] = []
+    for start in range(0, len(order), buffer_size):
+        chunk = [i for i in order[start:start + buffer_size] if lengths[i] >= 0]
+        for g in sorted({groups[i] for i in chunk} if groups is not None else {0}):
+            members = [i for i in chunk if groups is None or groups[i] == g]
+            packs.extend(_ffd(members, lengths, capacity))
+    return packs
+
+
+def exclude_bad(dataset: Any, lengths: list[int], capacity: int, skip: bool) -> list[int]:
+    """Mark structurally bad and over-long samples (skip) or raise :class:`BadSampleError` for the first one."""
+    out = list(lengths)
+    for i, length in enumerate(lengths):
+        if length <= capacity and length >= 0:
+            continue
+        if length > capacity:
+            err = BadSampleError("too_long", f"{length} tokens (images included) exceed model_max_length={capacity}; "
+                                 "raise --model_max_length or shorten it")
+            if not skip:
+                sample = dataset.list_data_dict[i]
+                sid = sample.get("id", f"#{i}") if isinstance(sample, dict) else f"#{i}"
+                raise err.located(sid, dataset.data_path, i)
+            dataset.mark_bad(i, "too_long")
+        out[i] = -1
+    return out
+
+
+# ---- dataset and collator ----
+
+class PackedDataset(Dataset):
+    """Pack ``k`` of a :class:`~llava.train.dataset.LazySupervisedDataset`: the list of its samples' items."""
+
+    def __init__(self, inner: Any, packs: list[list[int]], lengths: Sequence[int]) -> None:
+        self.inner = inner
+        self.packs = packs
+        self.pack_lengths = [sum(lengths[i] for i in p) for p in packs]
+        has_image = [any(self._has_image(i) for i in p) for p in packs]
+        self._modality = [n if img else -n for n, img in zip(self.pack_lengths, has_image)]
+
+    def _has_image(self, i: int) -> bool:
+        sample = self.inner.list_data_dict[i]
+        return isinstance(sample, dict) and sample.get("image") is not None
+
+    def __len__(self) -> int:
+        return len(self.packs)
+
+    @property
+    def lengths(self) -> list[int]:
+        return list(self.pack_lengths)
+
+    @property
+    def modality_lengths(self) -> list[int]:
+        """Pack lengths, positive for packs with an image (the modality-grouped sampler's convention)."""
+        return list(self._modality)
+
+    def __getitem__(self, k: int) -> list[dict[str, torch.Tensor]]:
+        items = [item for i in self.packs[k] if (item := self.inner.get_or_none(i)) is not None]
+        return items or [self.inner[self.packs[k][0]]]  # every sample bad: the next good one, alone
+
+    # the skip bookkeeping lives in the samples' dataset
+    def sync_across_ranks(self) -> None:
+        self.inner.sync_across_ranks()
+
+    def status_record(self) -> dict[str, str]:
+        return self.inner.status_record()
+
+    def restore_status(self, record: dict[str, str]) -> None:
+        self.inner.restore_status(record)
+
+    def skip_report(self) -> str:
+        return self.inner.skip_report()
+
+
+class PackedCollator:
+    """A batch of packs -> rows: ``input_ids``, ``labels``, ``attention_mask``, ``packed_seq_ids``, ``images``."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = int(pad_token_id)
+
+    def __call__(self, packs: Sequence[Sequence[dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+        if not packs:
+            raise ValueError("PackedCollator got an empty batch")
+        width = max(sum(item["input_ids"].numel() for item in pack) for pack in packs)
+        rows = len(packs)
+        input_ids = torch.full((rows, width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((rows, width), IGNORE_INDEX, dtype=torch.long)
+        segments = torch.zeros((rows, width), dtype=torch.long)
+        images = []
+        for r, pack in enumerate(packs):
+            at = 0
+            for k, item in enumerate(pack, start=1):
+                x, y = item["input_ids"], item["labels"]
+                n = x.numel()
+                input_ids[r, at:at + n], labels[r, at:at + n], segments[r, at:at + n] = x, y, k
+                labels[r, at] = IGNORE_INDEX  # never the target of the previous sample's last token
+                at += n
+                if item.get("image") is not None:
+                    images.append(item["image"])
+        batch = dict(input_ids=input_ids, labels=labels, attention_mask=segments > 0, packed_seq_ids=segments)
+        n_placeholders = int((input_ids == IMAGE_TOKEN_INDEX).sum())
+        if n_placeholders != len(images):
+            raise ValueError(f"a packed batch has {n_placeholders} <image> placeholders but {len(images)} images")
+        if images:
+            batch["images"] = torch.stack(images, dim=0)
+        return batch
+
+
+def pack_dataset(dataset: Any, capacity: int, tokens_per_image: int, seed: int, buffer_size: int,
+                 by_modality: bool, cache_path: str | None, main_process_first: Any) -> PackedDataset:
+    """The packed view of ``dataset`` (lengths counted or read from the cache on rank 0 first)."""
+    with main_process_first:
+        tokens, images = sample_lengths(dataset, cache_path)
+    lengths = exclude_bad(dataset, sequence_lengths(tokens, images, tokens_per_image), capacity,
+                          dataset.skip_bad_samples)
+    groups = [1 if k else 0 for k in images] if by_modality else None
+    packs = first_fit_decreasing(lengths, capacity, seed, buffer_size, groups)
+    packed = PackedDataset(dataset, packs, lengths)
+    used = sum(packed.pack_lengths)
+    logger.info("packing: %d samples in %d packs of <= %d tokens (%.1f%% full)", sum(map(len, packs)), len(packs),
+                capacity, 100.0 * used / max(1, len(packs) * capacity))
+    return packed
+
+
+def packed_data_module(data_module: dict[str, Any], data_args: Any, training_args: Any) -> dict[str, Any]:
+    """``data_module`` with its training set packed and the packing collator; a bad sample is a one-line exit."""
+    from llava.train.arguments import DEFAULT_PACKING_BUFFER
+    from llava.train.usage import fail
+
+    dataset = data_module["train_dataset"]
+    cache = data_args.packing_length_cache or os.path.join(training_args.output_dir, CACHE_FILE)
+    seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+    try:
+        packed = pack_dataset(
+            dataset, capacity=dataset.tokenizer.model_max_length, tokens_per_image=data_args.num_image_tokens or 1,
+            seed=seed, buffer_size=data_args.packing_buffer_size or DEFAULT_PACKING_BUFFER,
+            by_modality=bool(training_args.group_by_modality_length), cache_path=cache,
+            main_process_first=training_args.main_process_first(local=False, desc="packing lengths"))
+    except BadSampleError as err:
+        fail(f"{err}; or pass --skip_bad_samples True to skip and count such samples")
+    return dict(data_module, train_dataset=packed,
+                data_collator=PackedCollator(data_module["data_collator"].pad_token_id))
