@@ -1,0 +1,154 @@
+"""``--packing True``, data side: first-fit-decreasing packs, the length cache, the packed rows, bad samples."""
+
+from __future__ import annotations
+
+import json
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from helpers_data import write_shapes_dataset
+
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.train import packing
+from llava.train.dataset import LazySupervisedDataset
+from llava.train.preprocess import BadSampleError
+
+
+def test_ffd_packs_every_sample_once_within_capacity_and_is_seeded():
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 60, (500,), generator=gen).tolist()
+    packs = packing.first_fit_decreasing(lengths, capacity=100, seed=3, buffer_size=64)
+    flat = sorted(i for p in packs for i in p)
+    assert flat == list(range(500))
+    assert all(sum(lengths[i] for i in p) <= 100 for p in packs)
+    assert packs == packing.first_fit_decreasing(lengths, capacity=100, seed=3, buffer_size=64)
+    assert packs != packing.first_fit_decreasing(lengths, capacity=100, seed=4, buffer_size=64)
+    fill = sum(lengths) / (len(packs) * 100)
+    assert fill > 0.95, fill  # FFD leaves little room on such lengths
+
+
+def test_ffd_is_first_fit_decreasing_inside_a_buffer():
+    # one buffer, decreasing: 7 -> bin 0, 6 -> bin 1, 3 -> bin 0 (the first that fits), 3 -> bin 1, 1 -> bin 1
+    lengths = [3, 7, 1, 6, 3]
+    packs = packing.first_fit_decreasing(lengths, capacity=10, seed=0, buffer_size=5)
+    assert [[lengths[i] for i in p] for p in packs] == [[7, 3], [6, 3, 1]]
+
+
+def test_ffd_keeps_groups_apart_and_leaves_out_negative_lengths():
+    lengths = [5, 5, 5, 5, -1, 5]
+    groups = [1, 0, 1, 0, 0, 1]
+    packs = packing.first_fit_decreasing(lengths, capacity=100, seed=0, buffer_size=10, groups=groups)
+    assert sorted(sorted(p) for p in packs) == [[0, 2, 5], [1, 3]]
+    with pytest.raises(ValueError, match="fit the capacity"):
+        packing.first_fit_decreasing([5, 200], capacity=100, seed=0, buffer_size=10)
+
+
+@pytest.fixture()
+def dataset(tmp_path, llama_tokenizer, tiny_clip):
+    from transformers import CLIPImageProcessor
+
+    data = write_shapes_dataset(tmp_path / "data", n=6, text_only=2)
+    args = SimpleNamespace(image_folder=data.image_folder, image_aspect_ratio="pad", is_multimodal=True,
+                           image_processor=CLIPImageProcessor.from_pretrained(tiny_clip), conv_version="v1",
+                           num_image_tokens=16, skip_bad_samples=True)
+    llama_tokenizer.model_max_length = 256
+    return LazySupervisedDataset(str(data.finetune_json), llama_tokenizer, args)
+
+
+def test_token_counts_match_the_fetched_samples(dataset):
+    for i in range(len(dataset)):
+        tokens, images = dataset.token_count(i)
+        item = dataset[i]
+        assert tokens == item["input_ids"].numel()
+        assert images == int((item["input_ids"] == IMAGE_TOKEN_INDEX).sum()) == int("image" in item)
+
+
+def test_length_cache_is_reused_and_invalidated(dataset, tmp_path, monkeypatch):
+    cache = tmp_path / "lengths.json"
+    first = packing.sample_lengths(dataset, str(cache))
+    assert json.loads(cache.read_text())["tokens"] == first[0]
+
+    def never(i):
+        raise AssertionError("counted again although the cache matches")
+
+    monkeypatch.setattr(dataset, "token_count", never)
+    assert packing.sample_lengths(dataset, str(cache)) == first
+    monkeypatch.undo()
+    records = json.loads(open(dataset.data_path).read())
+    records[0]["conversations"][1]["value"] += " and much more text here to count"
+    with open(dataset.data_path, "w") as f:
+        json.dump(records, f)
+    dataset.list_data_dict = records
+    again = packing.sample_lengths(dataset, str(cache))
+    assert again[0][0] > first[0][0] and again[0][1:] == first[0][1:]
+
+
+def test_collator_concatenates_samples_marks_them_and_ignores_first_labels(dataset):
+    packed = packing.PackedDataset(dataset, [[0, 4], [1]], [100, 100, 100, 100, 100, 100, 100, 100])
+    items = [packed[0], packed[1]]
+    batch = packing.PackedCollator(pad_token_id=0)(items)
+    a, b, c = dataset[0], dataset[4], dataset[1]
+    n_a, n_b, n_c = a["input_ids"].numel(), b["input_ids"].numel(), c["input_ids"].numel()
+    assert batch["input_ids"].shape == (2, max(n_a + n_b, n_c))
+    assert torch.equal(batch["input_ids"][0, :n_a + n_b], torch.cat([a["input_ids"], b["input_ids"]]))
+    assert batch["packed_seq_ids"][0, :n_a + n_b].tolist() == [1] * n_a + [2] * n_b
+    assert batch["labels"][0, n_a] == IGNORE_INDEX and batch["labels"][0, 0] == IGNORE_INDEX
+    assert torch.equal(batch["labels"][0, n_a + 1:n_a + n_b], b["labels"][1:])
+    assert batch["attention_mask"][1].sum() == n_c
+    n_images = sum("image" in x for x in (a, b, c))
+    assert batch["images"].shape[0] == n_images
+    assert torch.equal(batch["images"][0], a["image"])
+
+
+def test_a_sample_that_turns_out_bad_is_dropped_from_its_pack_and_counted(dataset, tmp_path):
+    dataset.list_data_dict[0] = dict(dataset.list_data_dict[0], image="gone.png", id="gone")
+    packed = packing.PackedDataset(dataset, [[0, 1]], [1] * len(dataset))
+    items = packed[0]
+    assert len(items) == 1 and torch.equal(items[0]["input_ids"], dataset[1]["input_ids"])
+    assert packed.skip_report() == "skipped 1 bad samples: missing_image=1"
+    dataset.skip_bad_samples = False
+    with pytest.raises(BadSampleError, match="gone"):
+        packed[0]
+
+
+def test_too_long_samples_stop_the_run_or_are_skipped_and_counted(dataset):
+    lengths = [40, 300, 40]
+    dataset.skip_bad_samples = False
+    with pytest.raises(BadSampleError, match="index 1"):
+        packing.exclude_bad(dataset, lengths, 256, skip=False)
+    assert packing.exclude_bad(dataset, lengths, 256, skip=True) == [40, -1, 40]
+    assert dataset.skip_counts() == {"too_long": 1}
+
+
+def _argv(tmp_path, tiny_llama, tiny_clip, data, *extra):
+    return ["train.py", "--model_name_or_path", tiny_llama, "--vision_tower", tiny_clip, "--version", "v1",
+            "--mm_use_im_patch_token", "False", "--data_path", str(data.finetune_json), "--image_folder",
+            str(data.image_folder), "--output_dir", str(tmp_path / "out"), "--use_cpu", "True",
+            "--per_device_train_batch_size", "2", "--report_to", "none", "--save_strategy", "no",
+            "--dataloader_num_workers", "0", "--packing", "True", *extra]
+
+
+def test_a_too_long_sample_is_one_line_at_launch(tmp_path, tiny_llama, tiny_clip, monkeypatch, capsys):
+    from llava.train.train import train
+
+    data = write_shapes_dataset(tmp_path / "data", n=4, text_only=0)
+    monkeypatch.setattr(sys, "argv", _argv(tmp_path, tiny_llama, tiny_clip, data, "--model_max_length", "40"))
+    with pytest.raises(SystemExit) as err:
+        train()
+    assert err.value.code == 2
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and "model_max_length=40" in lines[0] and "--skip_bad_samples True" in lines[0], lines
+
+
+def test_packing_flags_without_packing_are_refused(tmp_path, tiny_llama, tiny_clip, monkeypatch, capsys):
+    from llava.train.train import train
+
+    data = write_shapes_dataset(tmp_path / "data", n=2, text_only=0)
+    argv = [a for a in _argv(tmp_path, tiny_llama, tiny_clip, data) if a not in ("--packing", "True")]
+    monkeypatch.setattr(sys, "argv", argv + ["--packing_buffer_size", "10"])
+    with pytest.raises(SystemExit) as err:
+        train()
+    assert err.value.code == 2
+    assert "--packing_buffer_size has no effect without --packing True" in capsys.readouterr().err
