@@ -152,3 +152,15 @@ def test_packing_flags_without_packing_are_refused(tmp_path, tiny_llama, tiny_cl
         train()
     assert err.value.code == 2
     assert "--packing_buffer_size has no effect without --packing True" in capsys.readouterr().err
+
+
+def test_supervised_token_count_is_the_same_packed_or_padded(dataset):
+    """The Trainer normalizes the loss by labels[..., 1:] != -100 over the accumulation window: same count."""
+    from llava.train.dataset import DataCollatorForSupervisedDataset
+
+    order = list(range(len(dataset)))
+    padded = DataCollatorForSupervisedDataset(dataset.tokenizer)([dataset[i] for i in order])
+    packs = packing.first_fit_decreasing([dataset.token_count(i)[0] + 15 for i in order], 256, 0, 100)
+    rows = packing.PackedCollator(0)([[dataset[i] for i in p] for p in packs])
+    assert (padded["labels"][..., 1:] != IGNORE_INDEX).sum() == (rows["labels"][..., 1:] != IGNORE_INDEX).sum()
+    assert rows["input_ids"].shape[0] < padded["input_ids"].shape[0]  # samples really shared rows

@@ -167,3 +167,20 @@ def test_varlen_boundaries_cover_every_row_and_padding():
 def test_unsupported_attention_is_refused():
     with pytest.raises(ValueError, match="flex_attention"):
         packing.check_packing_implementation("flex_attention")
+
+
+def test_lora_wrapped_model_packs_the_same(tiny_llama, tiny_clip, llama_tokenizer, pixels):
+    """PEFT's wrapper passes ``packed_seq_ids`` through: LoRA gradients agree too."""
+    from peft import LoraConfig, get_peft_model
+
+    model = build(tiny_llama, tiny_clip, llama_tokenizer, "sdpa")
+    torch.manual_seed(0)
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                            lora_dropout=0.0, init_lora_weights=False))
+    order = [i for row in ROWS for i in row]
+    loss_u, _, grads_u = loss_and_grads(lora, padded_batch(order), images_for(order, pixels))
+    loss_p, _, grads_p = loss_and_grads(lora, packed_batch(ROWS), images_for(order, pixels))
+    torch.testing.assert_close(loss_p, loss_u, atol=1e-5, rtol=0)
+    assert any("lora_" in n for n in grads_u)
+    for n in grads_u:
+        torch.testing.assert_close(grads_p[n], grads_u[n], atol=1e-5, rtol=1e-5)
