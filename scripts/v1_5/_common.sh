@@ -9,6 +9,8 @@
 #                   (and HOSTFILE) a single-node run takes a free port instead of DeepSpeed's 29500
 #   LAUNCHER        default "deepspeed"
 #   SEED            --seed (default 42, the Trainer's): modules, data order and dropout follow it
+#   PACKING=True    --packing True: samples packed into rows of MODEL_MAX_LENGTH tokens (each attends only
+#                   to itself); BATCH_SIZE then counts rows (packs), not samples
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -33,6 +35,7 @@ export PYTHONPATH="${REPO_ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
 : "${NUM_WORKERS:=4}"
 : "${GRADIENT_CHECKPOINTING:=True}"
 : "${REPORT_TO:=none}"
+: "${PACKING:=False}"
 : "${EVAL_BATCH_SIZE:=4}"
 : "${SEED:=42}"
 : "${PRETRAIN_DATA_ROOT:=./playground/data/LLaVA-Pretrain}"
@@ -90,6 +93,7 @@ llava_launch() {
         --dataloader_num_workers "${NUM_WORKERS}"
         --lazy_preprocess True
         --report_to "${REPORT_TO}"
+        --packing "${PACKING}"
         --seed "${SEED}"
         "${precision_args[@]}"
         "$@")
