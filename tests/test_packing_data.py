@@ -164,3 +164,22 @@ def test_supervised_token_count_is_the_same_packed_or_padded(dataset):
     rows = packing.PackedCollator(0)([[dataset[i] for i in p] for p in packs])
     assert (padded["labels"][..., 1:] != IGNORE_INDEX).sum() == (rows["labels"][..., 1:] != IGNORE_INDEX).sum()
     assert rows["input_ids"].shape[0] < padded["input_ids"].shape[0]  # samples really shared rows
+
+
+def test_packed_lora_training_with_a_cosine_regularizer_runs_and_logs_it(tmp_path, tiny_llama, tiny_clip,
+                                                                         monkeypatch):
+    from llava.train.train import train
+
+    data = write_shapes_dataset(tmp_path / "data", n=8, text_only=2)
+    monkeypatch.setattr(sys, "argv", _argv(tmp_path, tiny_llama, tiny_clip, data, "--model_max_length", "256",
+                                           "--lora_enable", "True", "--lora_r", "4", "--lora_alpha", "8",
+                                           "--mm_cosine_loss", "constrain", "--logging_steps", "1",
+                                           "--group_by_modality_length", "True", "--mm_projector_lr", "1e-3"))
+    train()
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    logged = [h for h in state["log_history"] if "loss" in h]
+    assert logged and all("loss_cos" in h or "loss_tp" in h for h in logged)
+    assert any("loss_cos" in h for h in logged)
+    assert (tmp_path / "out" / "adapter_model.safetensors").exists()
+    lengths = json.loads((tmp_path / "out" / "packing_lengths.json").read_text())
+    assert len(lengths["tokens"]) == 10
