@@ -183,3 +183,20 @@ def test_packed_lora_training_with_a_cosine_regularizer_runs_and_logs_it(tmp_pat
     assert (tmp_path / "out" / "adapter_model.safetensors").exists()
     lengths = json.loads((tmp_path / "out" / "packing_lengths.json").read_text())
     assert len(lengths["tokens"]) == 10
+
+
+def test_a_sample_that_cannot_be_rendered_is_never_dropped_silently(dataset, monkeypatch):
+    real = dataset.token_count
+
+    def count(i):
+        if i == 1:
+            raise BadSampleError("bad_conversation", "roles do not alternate").located("odd", dataset.data_path, 1)
+        return real(i)
+
+    monkeypatch.setattr(dataset, "token_count", count)
+    tokens, images = packing.count_tokens(dataset)
+    assert tokens[1] == -1 and tokens[0] > 0
+    with pytest.raises(BadSampleError, match="odd"):
+        packing.exclude_bad(dataset, tokens, 256, skip=False)
+    assert packing.exclude_bad(dataset, tokens, 256, skip=True)[1] == -1
+    assert dataset.skip_counts() == {"bad_conversation": 1}

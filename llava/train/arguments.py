@@ -135,6 +135,10 @@ class TrainingArguments(transformers.TrainingArguments):
     group_by_modality_length: bool = field(default=False)
     progress_label: str | None = field(default=None, metadata={
         "help": "Name shown on the [progress] lines (default: the output folder's name)."})
+    peak_tflops: float | None = field(default=None, metadata={
+        "help": "Peak dense TFLOP/s of one device for the logged MFU (default: from the table of known GPUs in "
+                "llava/train/throughput.py; CPUs and unknown GPUs log no MFU unless this is set, and then do "
+                "against it)."})
     # Upstream scripts' flags that transformers 5 renamed; accepted and mapped onto the new names.
     warmup_ratio: float | None = field(
         default=None, metadata={"help": "Upstream alias: warm up over this fraction of the steps."}

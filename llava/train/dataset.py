@@ -225,18 +225,22 @@ class LazySupervisedDataset(Dataset):
             logger.warning("skipping bad sample (--skip_bad_samples): %s", err)
             return None
 
-    def token_count(self, i: int) -> tuple[int, int] | None:
-        """(tokens before the image splice, images) of sample ``i`` without reading its image; None if bad."""
+    def token_count(self, i: int) -> tuple[int, int]:
+        """(tokens before the image splice, images) of sample ``i`` without reading its image.
+
+        Raises :class:`BadSampleError` (located) for a sample that cannot be rendered.
+        """
         sample = self.list_data_dict[i]
-        if structural_problems(sample):
-            return None
-        sources = [sample["conversations"]]
-        if _has_image(sample):
-            sources = preprocess_multimodal(sources, self.is_multimodal, self.mm_use_im_start_end)
+        sample_id = sample.get("id", f"#{i}") if isinstance(sample, dict) else f"#{i}"
         try:
-            out = preprocess(sources, self.tokenizer, self.conv, has_image=_has_image(sample), sample_id=i)
-        except BadSampleError:
-            return None
+            if problems := structural_problems(sample):
+                raise BadSampleError(*problems[0])
+            sources = [sample["conversations"]]
+            if _has_image(sample):
+                sources = preprocess_multimodal(sources, self.is_multimodal, self.mm_use_im_start_end)
+            out = preprocess(sources, self.tokenizer, self.conv, has_image=_has_image(sample), sample_id=sample_id)
+        except BadSampleError as err:
+            raise err.located(sample_id, self.data_path, i) from None
         input_ids = out["input_ids"][0]
         return int(input_ids.numel()), int((input_ids == IMAGE_TOKEN_INDEX).sum())
 

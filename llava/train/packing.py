@@ -68,9 +68,12 @@ def count_tokens(dataset: Any, report_every_s: float = 30.0) -> tuple[list[int],
     tokens, images = [], []
     n, start, last = len(dataset), time.monotonic(), time.monotonic()
     for i in range(n):
-        counted = dataset.token_count(i)
-        tokens.append(-1 if counted is None else counted[0])
-        images.append(0 if counted is None else counted[1])
+        try:
+            counted = dataset.token_count(i)
+        except BadSampleError:
+            counted = (-1, 0)  # exclude_bad says why, or stops the run
+        tokens.append(counted[0])
+        images.append(counted[1])
         now = time.monotonic()
         if now - last >= report_every_s and i + 1 < n:
             last = now
@@ -144,18 +147,26 @@ def first_fit_decreasing(lengths: Sequence[int], capacity: int, seed: int, buffe
 
 
 def exclude_bad(dataset: Any, lengths: list[int], capacity: int, skip: bool) -> list[int]:
-    """Mark structurally bad and over-long samples (skip) or raise :class:`BadSampleError` for the first one."""
+    """Lengths with bad samples (unrenderable, or longer than a row) set to -1 and counted as skipped (``skip``),
+    else :class:`BadSampleError` for the first one."""
     out = list(lengths)
     for i, length in enumerate(lengths):
-        if length <= capacity and length >= 0:
+        if 0 <= length <= capacity:
             continue
-        if length > capacity:
-            err = BadSampleError("too_long", f"{length} tokens (images included) exceed model_max_length={capacity}; "
-                                 "raise --model_max_length or shorten it")
+        if length < 0:
+            try:
+                dataset.token_count(i)
+            except BadSampleError as err:
+                if not skip:
+                    raise
+                dataset.mark_bad(i, err.category)
+        else:
             if not skip:
                 sample = dataset.list_data_dict[i]
                 sid = sample.get("id", f"#{i}") if isinstance(sample, dict) else f"#{i}"
-                raise err.located(sid, dataset.data_path, i)
+                raise BadSampleError("too_long", f"{length} tokens (images included) exceed model_max_length="
+                                     f"{capacity}; raise --model_max_length or shorten it").located(
+                                         sid, dataset.data_path, i)
             dataset.mark_bad(i, "too_long")
         out[i] = -1
     return out

@@ -29,6 +29,7 @@ from transformers import Trainer
 
 from llava.model.checkpoints import MM_PROJECTOR_FILE, NON_LORA_FILE, projector_tensors
 from llava.train.aux_loss_logging import AuxLossLoggingMixin
+from llava.train.throughput import ThroughputMixin
 from llava.utils.atomic import atomic_path, atomic_torch_save, atomic_write_json
 from llava.utils.generation_config import sanitize_generation_config
 from llava.utils.zero import gather_named, get_peft_state_non_lora_maybe_zero_3
@@ -85,7 +86,7 @@ def build_param_groups(
     return groups
 
 
-class LLaVATrainer(AuxLossLoggingMixin, Trainer):
+class LLaVATrainer(ThroughputMixin, AuxLossLoggingMixin, Trainer):
     """Trainer with LLaVA's modality-grouped sampler, projector lr and projector/LoRA checkpoints."""
 
     # ---- data ----
