@@ -200,3 +200,14 @@ def test_a_sample_that_cannot_be_rendered_is_never_dropped_silently(dataset, mon
         packing.exclude_bad(dataset, tokens, 256, skip=False)
     assert packing.exclude_bad(dataset, tokens, 256, skip=True)[1] == -1
     assert dataset.skip_counts() == {"bad_conversation": 1}
+
+
+def test_an_unknown_attention_implementation_is_one_line(tmp_path, tiny_llama, tiny_clip, monkeypatch, capsys):
+    from llava.train.train import train
+
+    data = write_shapes_dataset(tmp_path / "data", n=2, text_only=0)
+    monkeypatch.setattr(sys, "argv", _argv(tmp_path, tiny_llama, tiny_clip, data, "--attn_implementation", "fast"))
+    with pytest.raises(SystemExit) as err:
+        train()
+    assert err.value.code == 2
+    assert "--attn_implementation 'fast' is not supported" in capsys.readouterr().err

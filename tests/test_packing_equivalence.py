@@ -165,8 +165,8 @@ def test_varlen_boundaries_cover_every_row_and_padding():
 
 
 def test_unsupported_attention_is_refused():
-    with pytest.raises(ValueError, match="flex_attention"):
-        packing.check_packing_implementation("flex_attention")
+    with pytest.raises(ValueError, match="paged_attention"):
+        packing.check_packing_implementation("paged_attention")
 
 
 def test_lora_wrapped_model_packs_the_same(tiny_llama, tiny_clip, llama_tokenizer, pixels):
@@ -184,3 +184,14 @@ def test_lora_wrapped_model_packs_the_same(tiny_llama, tiny_clip, llama_tokenize
     assert any("lora_" in n for n in grads_u)
     for n in grads_u:
         torch.testing.assert_close(grads_p[n], grads_u[n], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow  # transformers compiles flex_attention (~20 s on CPU); CPU has no flex backward
+def test_flex_attention_block_mask_gives_the_sdpa_logits(tiny_llama, tiny_clip, llama_tokenizer, pixels):
+    model = build(tiny_llama, tiny_clip, llama_tokenizer, "sdpa", twoD_vision_embedding=True)
+    order = [i for row in ROWS for i in row]
+    with torch.no_grad():
+        ref = model(**packed_batch(ROWS), images=images_for(order, pixels)).logits
+        model.set_attn_implementation("flex_attention")
+        got = model(**packed_batch(ROWS), images=images_for(order, pixels)).logits
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)

@@ -10,8 +10,9 @@ output position (an image block takes its placeholder's id). From them:
   first token is never the target of the previous sample's last one;
 * attention is block-diagonal causal: ``flash_attention_2``/``flash_attention_3`` get cumulative
   sequence lengths over the flattened batch (varlen kernels, no mask); ``sdpa``/``eager`` get a 4D
-  mask (boolean / additive) that transformers passes through unchanged (:func:`packed_attention`).
-  Padding forms a block of its own, so no query row is fully masked.
+  mask (boolean / additive) that transformers passes through unchanged; ``flex_attention`` a
+  ``BlockMask`` (its kernels skip the blocks between samples; no backward on CPU in torch 2.13)
+  (:func:`packed_attention`). Padding forms a block of its own, so no query row is fully masked.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 from llava.constants import IGNORE_INDEX
 
-MASK_IMPLEMENTATIONS = ("sdpa", "eager")
+MASK_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention")
 VARLEN_PREFIX = "flash_attention"
 
 
@@ -33,8 +34,8 @@ def check_packing_implementation(implementation: str | None) -> None:
         return
     raise ValueError(
         f"--packing True needs attention that can be told where samples end; attn_implementation {impl!r} is "
-        f"not one of {', '.join(MASK_IMPLEMENTATIONS)}, flash_attention_2/3; train with one of those or "
-        "without --packing")
+        f"not one of {', '.join(MASK_IMPLEMENTATIONS)}, flash_attention_2/3; pass --attn_implementation with one "
+        "of those or train without --packing")
 
 
 def sample_starts(segments: torch.Tensor) -> torch.Tensor:
@@ -84,6 +85,18 @@ def varlen_kwargs(segments: torch.Tensor) -> dict[str, Any]:
     return dict(cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=longest, max_length_k=longest)
 
 
+def flex_block_mask(segments: torch.Tensor) -> Any:
+    """A FlexAttention ``BlockMask`` of the block-diagonal causal pattern (blocks without a sample are skipped)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def same_sample_causal(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        return (segments[b, q] == segments[b, kv]) & (q >= kv)
+
+    bsz, length = segments.shape
+    return create_block_mask(same_sample_causal, B=bsz, H=None, Q_LEN=length, KV_LEN=length,
+                             device=segments.device)
+
+
 def packed_attention(implementation: str | None, segments: torch.Tensor,
                      dtype: torch.dtype) -> tuple[torch.Tensor | None, dict[str, Any]]:
     """``(attention_mask, extra forward kwargs)`` that make attention block-diagonal for ``implementation``."""
@@ -91,6 +104,8 @@ def packed_attention(implementation: str | None, segments: torch.Tensor,
     check_packing_implementation(impl)
     if impl.startswith(VARLEN_PREFIX):
         return None, varlen_kwargs(segments)
+    if impl == "flex_attention":
+        return flex_block_mask(segments), {}
     allowed = block_causal_mask(segments)
     if impl == "sdpa":
         return allowed, {}

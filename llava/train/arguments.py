@@ -29,6 +29,7 @@ VALID_PATCH_MERGE_TYPES = ("flat",)
 VALID_BITS = (4, 8, 16)
 VALID_QUANT_TYPES = ("nf4", "fp4")
 VALID_LORA_BIAS = ("none", "all", "lora_only")
+VALID_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
 @dataclass
@@ -52,6 +53,9 @@ class BaseModelArguments:
     mm_use_im_patch_token: bool = field(default=True)
     mm_patch_merge_type: str | None = field(default="flat")
     mm_vision_select_feature: str | None = field(default="patch")
+    attn_implementation: str | None = field(default=None, metadata={
+        "help": "LLM attention: sdpa, eager, flash_attention_2/3 or flex_attention (default: flash_attention_2 "
+                "when flash-attn imports on a GPU, else sdpa)."})
     mm_addon_modules: str | None = field(default=None, metadata={
         "help": "Comma-separated importable modules that define ADDONS (add-ons from outside this package); "
                 "their flags are listed by --help when this flag comes first. Recorded in config.json; "
@@ -230,6 +234,8 @@ def validate_args(
     _choice("image_aspect_ratio", data_args.image_aspect_ratio, VALID_IMAGE_ASPECT_RATIOS)
     _choice("mm_vision_select_feature", model_args.mm_vision_select_feature, VALID_SELECT_FEATURES)
     _choice("mm_patch_merge_type", model_args.mm_patch_merge_type, VALID_PATCH_MERGE_TYPES)
+    if model_args.attn_implementation is not None:
+        _choice("attn_implementation", model_args.attn_implementation, VALID_ATTENTION)
     _check_projector_type(model_args.mm_projector_type)
     _check_template(model_args.version)
     _check_paths(model_args, data_args)

@@ -244,15 +244,19 @@ def init_distributed(training_args: TrainingArguments) -> None:
         release_allreduce_buffer()  # DeepSpeed's CPU backend never unlinks its 66 MiB /dev/shm segment
 
 
-def addon_modules_in(argv: list[str]) -> str | None:
-    """The value of ``--mm_addon_modules`` in a command line (``--flag value`` or ``--flag=value``)."""
-    flag = "--mm_addon_modules"
+def flag_value(argv: list[str], flag: str) -> str | None:
+    """The value of ``flag`` in a command line (``--flag value`` or ``--flag=value``), or None."""
     for i, a in enumerate(argv):
         if a == flag and i + 1 < len(argv):
             return argv[i + 1]
         if a.startswith(flag + "="):
             return a.split("=", 1)[1]
     return None
+
+
+def addon_modules_in(argv: list[str]) -> str | None:
+    """The value of ``--mm_addon_modules`` in a command line."""
+    return flag_value(argv, "--mm_addon_modules")
 
 
 def build_parser(argv: list[str]) -> transformers.HfArgumentParser:
@@ -269,6 +273,7 @@ def train(attn_implementation: str | None = None) -> None:
 
     argv = sys.argv[1:]
     model_args, data_args, training_args, records = parse_and_check(build_parser, argv, validate_args)
+    attn_implementation = model_args.attn_implementation or attn_implementation
     if data_args.packing:
         from llava.model.packing import check_packing_implementation
         from llava.train.usage import fail

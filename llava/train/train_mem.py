@@ -14,7 +14,7 @@ import sys
 if __name__ == "__main__" and not __package__:  # run as a script: make `llava` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from llava.train.train import hard_exit_after_cpu_deepspeed, train
+from llava.train.train import flag_value, hard_exit_after_cpu_deepspeed, train
 
 logger = logging.getLogger("llava.train")
 
@@ -31,8 +31,11 @@ def pick_attn_implementation() -> str:
 def main() -> None:
     """Pick the attention implementation, say which, and train."""
     attn = pick_attn_implementation()
+    chosen = flag_value(sys.argv[1:], "--attn_implementation")
     if os.environ.get("LOCAL_RANK", "0") == "0":
         reason = "flash_attn is importable" if attn == "flash_attention_2" else "flash_attn not available"
+        if chosen:
+            attn, reason = chosen, "--attn_implementation"
         print(f"[llava] attention implementation: {attn} ({reason})", flush=True)
     try:
         train(attn_implementation=attn)
