@@ -14,6 +14,7 @@ import torch
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.model import packing
+from llava.model.packing import PACKED_SDPA
 from llava.testing.tiny_llava import build_tiny_llava
 
 IMG = IMAGE_TOKEN_INDEX
@@ -98,7 +99,7 @@ def pixels():
     return torch.randn(len(SAMPLES), 3, 32, 32, generator=gen)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", PACKED_SDPA])
 @pytest.mark.parametrize("name", list(ADDONS))
 def test_packed_equals_unpacked(name, attn, tiny_llama, tiny_clip, llama_tokenizer, pixels):
     model = build(tiny_llama, tiny_clip, llama_tokenizer, attn, **ADDONS[name])
@@ -114,7 +115,7 @@ def test_packed_equals_unpacked(name, attn, tiny_llama, tiny_clip, llama_tokeniz
         torch.testing.assert_close(grads_p[n], grads_u[n], atol=1e-5, rtol=1e-5, msg=lambda m, n=n: f"{n}: {m}")
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", PACKED_SDPA])
 @pytest.mark.parametrize("name", ["vanilla", "rope2d", "interleave_rope2d", "registers_rope2d", "compression"])
 def test_sample_logits_inside_a_pack_equal_its_logits_alone(name, attn, tiny_llama, tiny_clip, llama_tokenizer,
                                                             pixels):

@@ -8,11 +8,17 @@ output position (an image block takes its placeholder's id). From them:
   under 2D RoPE; :func:`segment_positions` for a row without images);
 * labels on each sample's first position are ignored (:func:`mask_first_labels`), so a sample's
   first token is never the target of the previous sample's last one;
-* attention is block-diagonal causal: ``flash_attention_2``/``flash_attention_3`` get cumulative
-  sequence lengths over the flattened batch (varlen kernels, no mask); ``sdpa``/``eager`` get a 4D
-  mask (boolean / additive) that transformers passes through unchanged; ``flex_attention`` a
-  ``BlockMask`` (its kernels skip the blocks between samples; no backward on CPU in torch 2.13)
-  (:func:`packed_attention`). Padding forms a block of its own, so no query row is fully masked.
+* attention is block-diagonal causal (:func:`packed_attention`): ``flash_attention_2``/``_3`` get
+  cumulative sequence lengths over the flattened batch (varlen kernels, no mask);
+  :data:`PACKED_SDPA` (what training uses for ``sdpa`` with ``--packing``) the same lengths, and
+  runs SDPA once per sample (causal, no mask: only the diagonal blocks are computed);
+  ``sdpa``/``eager`` a 4D mask (boolean / additive) that transformers passes through unchanged and
+  that costs the full L x L; ``flex_attention`` a ``BlockMask`` (its kernels skip the blocks
+  between samples; no backward on CPU in torch 2.13). Padding forms a block of its own, so no
+  query row is fully masked.
+
+:data:`PACKED_SDPA` is registered with transformers' public ``AttentionInterface`` (and its mask
+function is sdpa's) when this module is imported; without packed ids it is exactly ``sdpa``.
 """
 
 from __future__ import annotations
@@ -23,14 +29,16 @@ import torch
 
 from llava.constants import IGNORE_INDEX
 
+PACKED_SDPA = "llava_packed_sdpa"
 MASK_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention")
 VARLEN_PREFIX = "flash_attention"
+VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 
 
 def check_packing_implementation(implementation: str | None) -> None:
     """Raise ``ValueError`` when packed rows cannot be expressed for this attention implementation."""
     impl = implementation or "eager"
-    if impl in MASK_IMPLEMENTATIONS or impl.startswith(VARLEN_PREFIX):
+    if impl in MASK_IMPLEMENTATIONS or impl == PACKED_SDPA or impl.startswith(VARLEN_PREFIX):
         return
     raise ValueError(
         f"--packing True needs attention that can be told where samples end; attn_implementation {impl!r} is "
@@ -104,6 +112,8 @@ def packed_attention(implementation: str | None, segments: torch.Tensor,
     check_packing_implementation(impl)
     if impl.startswith(VARLEN_PREFIX):
         return None, varlen_kwargs(segments)
+    if impl == PACKED_SDPA:  # the boundaries are read on the host once, not in every layer
+        return None, {k: v.cpu() if torch.is_tensor(v) else v for k, v in varlen_kwargs(segments).items()}
     if impl == "flex_attention":
         return flex_block_mask(segments), {}
     allowed = block_causal_mask(segments)
@@ -111,3 +121,40 @@ def packed_attention(implementation: str | None, segments: torch.Tensor,
         return allowed, {}
     additive = torch.zeros(allowed.shape, dtype=dtype, device=segments.device)
     return additive.masked_fill(~allowed, torch.finfo(dtype).min), {}
+
+
+def packed_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """:data:`PACKED_SDPA`: transformers' sdpa, once per sample when ``cu_seq_lens_q`` marks packed samples.
+
+    ``query`` is (B, heads, L, head_dim); each sample is a contiguous run of the flattened B * L
+    positions and attends causally to itself only. Returns (B, L, heads, head_dim) like sdpa.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    bounds = kwargs.get("cu_seq_lens_q")
+    if bounds is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    rest = {k: v for k, v in kwargs.items() if k not in VARLEN_KEYS and k != "is_causal"}
+    bsz, heads, length, dim = query.shape
+
+    def flat(t: torch.Tensor) -> torch.Tensor:  # (B, h, L, d) -> (1, h, B * L, d)
+        return t.transpose(0, 1).reshape(1, t.shape[1], bsz * length, t.shape[-1])
+
+    q, k, v = flat(query), flat(key), flat(value)
+    cuts = bounds.tolist()
+    parts = [sdpa_attention_forward(module, q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], None, is_causal=True, **rest)[0]
+             for a, b in zip(cuts[:-1], cuts[1:])]
+    return torch.cat(parts, dim=1).view(bsz, length, heads, dim), None
+
+
+def register_packed_sdpa() -> None:
+    """Make :data:`PACKED_SDPA` a transformers attention implementation (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
+    AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
+
+
+register_packed_sdpa()

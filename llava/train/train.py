@@ -274,15 +274,9 @@ def train(attn_implementation: str | None = None) -> None:
     argv = sys.argv[1:]
     model_args, data_args, training_args, records = parse_and_check(build_parser, argv, validate_args)
     attn_implementation = model_args.attn_implementation or attn_implementation
-    if data_args.packing:
-        from llava.model.packing import check_packing_implementation
-        from llava.train.usage import fail
-
-        try:
-            check_packing_implementation(attn_implementation or "sdpa")
-        except ValueError as err:
-            fail(str(err))
     _setup_logging(training_args)
+    if data_args.packing:
+        attn_implementation = packed_attention_choice(attn_implementation)
     init_distributed(training_args)
     resume = find_resume_checkpoint(training_args.output_dir)
     check_resume_checkpoint(resume, training_args.trust_checkpoint)
@@ -332,6 +326,22 @@ def train(attn_implementation: str | None = None) -> None:
     trainer.save_model(training_args.output_dir)
     _report_skips(data_module.get("train_dataset"), training_args)
     _shutdown_distributed()
+
+
+def packed_attention_choice(attn_implementation: str | None) -> str:
+    """The attention a packed run uses: sdpa becomes its once-per-sample form; one line + exit 2 if unusable."""
+    from llava.model.packing import PACKED_SDPA, check_packing_implementation
+    from llava.train.usage import fail
+
+    attn = attn_implementation or "sdpa"
+    try:
+        check_packing_implementation(attn)
+    except ValueError as err:
+        fail(str(err))
+    if attn == "sdpa":
+        attn = PACKED_SDPA
+        logger.info("packing: attention is sdpa once per sample (%s); no L x L mask", PACKED_SDPA)
+    return attn
 
 
 def restore_skipped(dataset: Any, checkpoint: str) -> None:
