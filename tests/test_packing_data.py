@@ -211,3 +211,14 @@ def test_an_unknown_attention_implementation_is_one_line(tmp_path, tiny_llama, t
         train()
     assert err.value.code == 2
     assert "--attn_implementation 'fast' is not supported" in capsys.readouterr().err
+
+
+def test_one_row_collation_puts_the_batch_end_to_end(dataset):
+    packs = [[dataset[0], dataset[4]], [dataset[1]]]
+    rows = packing.PackedCollator(0)(packs)
+    one = packing.PackedCollator(0, one_row=True)(packs)
+    n = sum(x["input_ids"].numel() for p in packs for x in p)
+    assert one["input_ids"].shape == (1, n) and bool(one["attention_mask"].all())
+    assert one["packed_seq_ids"][0].unique().tolist() == [1, 2, 3]
+    assert torch.equal(one["input_ids"][0], rows["input_ids"][rows["attention_mask"]])
+    assert torch.equal(one["images"], rows["images"])

@@ -99,13 +99,15 @@ def pixels():
     return torch.randn(len(SAMPLES), 3, 32, 32, generator=gen)
 
 
+@pytest.mark.parametrize("rows", [ROWS, [[i for row in ROWS for i in row]]], ids=["rows", "one_row"])
 @pytest.mark.parametrize("attn", ["sdpa", "eager", PACKED_SDPA])
 @pytest.mark.parametrize("name", list(ADDONS))
-def test_packed_equals_unpacked(name, attn, tiny_llama, tiny_clip, llama_tokenizer, pixels):
+def test_packed_equals_unpacked(name, attn, rows, tiny_llama, tiny_clip, llama_tokenizer, pixels):
     model = build(tiny_llama, tiny_clip, llama_tokenizer, attn, **ADDONS[name])
+    model.config.tokenizer_model_max_length = 30  # per sample: the one-row pack is longer than that
     order = [i for row in ROWS for i in row]
     loss_u, aux_u, grads_u = loss_and_grads(model, padded_batch(order), images_for(order, pixels))
-    loss_p, aux_p, grads_p = loss_and_grads(model, packed_batch(ROWS), images_for(order, pixels))
+    loss_p, aux_p, grads_p = loss_and_grads(model, packed_batch(rows), images_for(order, pixels))
     torch.testing.assert_close(loss_p, loss_u, atol=1e-5, rtol=0)
     assert aux_p.keys() == aux_u.keys()
     for k in aux_u:
@@ -196,3 +198,10 @@ def test_flex_attention_block_mask_gives_the_sdpa_logits(tiny_llama, tiny_clip, 
         model.set_attn_implementation("flex_attention")
         got = model(**packed_batch(ROWS), images=images_for(order, pixels)).logits
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_a_packed_sample_over_the_limit_raises_instead_of_being_cut(tiny_llama, tiny_clip, llama_tokenizer, pixels):
+    model = build(tiny_llama, tiny_clip, llama_tokenizer, PACKED_SDPA)
+    model.config.tokenizer_model_max_length = 20  # sample 0 takes 5 + 16 image positions
+    with pytest.raises(ValueError, match="a packed sample takes 21 positions"):
+        model(**packed_batch([[0]]), images=images_for([0], pixels))

@@ -64,7 +64,9 @@ def splice_image_features(
     image batch (same gradient order on every rank under ZeRO-3). ``truncate=False`` (generation)
     raises instead of cutting a sequence longer than ``max_length``: a cut prompt loses its end.
     ``segments`` (B, L): sample ids of a packed batch (:mod:`llava.model.packing`); position ids then
-    restart at 0 on each sample and the result carries the ids of every output position.
+    restart at 0 on each sample, the result carries the ids of every output position, and
+    ``max_length`` bounds each sample instead of the row (a packed row may hold more; nothing is cut:
+    a longer sample raises, the packer never makes one).
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
@@ -91,7 +93,9 @@ def splice_image_features(
     ends = width.cumsum(dim=1)
     starts = ends - width
     new_len = ends[:, -1] if seq_len > 0 else torch.zeros(bsz, dtype=torch.long, device=device)
-    if max_length is not None:
+    if max_length is not None and segments is not None:
+        _check_packed_lengths(width, segments.masked_fill(~valid, 0), max_length)
+    elif max_length is not None:
         if not truncate and bool((new_len > max_length).any()):
             longest = int(new_len.max())
             raise ValueError(
@@ -176,3 +180,16 @@ def splice_image_features(
         image_mask=image_mask,
         segments=new_segments,
     )
+
+
+def _check_packed_lengths(width: torch.Tensor, segments: torch.Tensor, max_length: int) -> None:
+    """Raise when a sample of a packed batch takes more than ``max_length`` positions."""
+    bsz, seq_len = segments.shape
+    n_seg = int(segments.max()) + 1 if segments.numel() else 1
+    key = (torch.arange(bsz, device=segments.device).unsqueeze(1) * n_seg + segments).reshape(-1)
+    per_sample = torch.zeros(bsz * n_seg, dtype=torch.long, device=segments.device).scatter_add_(
+        0, key, width.reshape(-1)).view(bsz, n_seg)[:, 1:]
+    longest = int(per_sample.max()) if per_sample.numel() else 0
+    if longest > max_length:
+        raise ValueError(f"a packed sample takes {longest} positions but the model's limit is {max_length} "
+                         "(tokenizer_model_max_length); pack samples within the limit (llava.train.packing does)")

@@ -46,6 +46,12 @@ def check_packing_implementation(implementation: str | None) -> None:
         "of those or train without --packing")
 
 
+def runs_per_sample(implementation: str | None) -> bool:
+    """True when packed attention costs only each sample's own block (so a row's length is free)."""
+    impl = implementation or "eager"
+    return impl == PACKED_SDPA or impl.startswith(VARLEN_PREFIX)
+
+
 def sample_starts(segments: torch.Tensor) -> torch.Tensor:
     """(B, L) bool: True on the first position of every sample (never on padding)."""
     prev = torch.nn.functional.pad(segments[:, :-1], (1, 0), value=-1)

@@ -14,7 +14,8 @@
   ``per_device_train_batch_size`` packs per device.
 * **Rows** (:class:`PackedCollator`): a pack's samples concatenated, ``packed_seq_ids`` marking them
   (:mod:`llava.model.packing` does the rest in the model), each sample's first label ignored, rows
-  right-padded to the longest row of the batch.
+  right-padded to the longest row of the batch; when attention runs per sample (varlen flash-attn,
+  ``llava_packed_sdpa``) the batch's packs go into one row instead, so nothing is padded.
 
 Bad samples: structural problems and samples longer than a row are known before training (without
 ``--skip_bad_samples`` the run stops with one line; with it they are left out and counted); a sample
@@ -219,14 +220,22 @@ class PackedDataset(Dataset):
 
 
 class PackedCollator:
-    """A batch of packs -> rows: ``input_ids``, ``labels``, ``attention_mask``, ``packed_seq_ids``, ``images``."""
+    """A batch of packs -> rows: ``input_ids``, ``labels``, ``attention_mask``, ``packed_seq_ids``, ``images``.
 
-    def __init__(self, pad_token_id: int) -> None:
+    ``one_row``: the batch's packs go end to end into a single row (no padding at all), for attention
+    that runs per sample (varlen flash-attn, ``llava_packed_sdpa``), where a longer row costs nothing
+    extra; otherwise one row per pack, right-padded to the longest.
+    """
+
+    def __init__(self, pad_token_id: int, one_row: bool = False) -> None:
         self.pad_token_id = int(pad_token_id)
+        self.one_row = one_row
 
     def __call__(self, packs: Sequence[Sequence[dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
         if not packs:
             raise ValueError("PackedCollator got an empty batch")
+        if self.one_row:
+            packs = [[item for pack in packs for item in pack]]
         width = max(sum(item["input_ids"].numel() for item in pack) for pack in packs)
         rows = len(packs)
         input_ids = torch.full((rows, width), self.pad_token_id, dtype=torch.long)
@@ -268,8 +277,12 @@ def pack_dataset(dataset: Any, capacity: int, tokens_per_image: int, seed: int, 
     return packed
 
 
-def packed_data_module(data_module: dict[str, Any], data_args: Any, training_args: Any) -> dict[str, Any]:
-    """``data_module`` with its training set packed and the packing collator; a bad sample is a one-line exit."""
+def packed_data_module(data_module: dict[str, Any], data_args: Any, training_args: Any,
+                       one_row: bool = False) -> dict[str, Any]:
+    """``data_module`` with its training set packed and the packing collator; a bad sample is a one-line exit.
+
+    ``one_row``: each batch's packs in a single row (:class:`PackedCollator`).
+    """
     from llava.train.arguments import DEFAULT_PACKING_BUFFER
     from llava.train.usage import fail
 
@@ -285,4 +298,4 @@ def packed_data_module(data_module: dict[str, Any], data_args: Any, training_arg
     except BadSampleError as err:
         fail(f"{err}; or pass --skip_bad_samples True to skip and count such samples")
     return dict(data_module, train_dataset=packed,
-                data_collator=PackedCollator(data_module["data_collator"].pad_token_id))
+                data_collator=PackedCollator(data_module["data_collator"].pad_token_id, one_row=one_row))

@@ -223,7 +223,8 @@ def batch_counts(inputs: dict[str, Any], tokens_per_image: int = 1, max_length: 
 
     ``inputs``: ``input_ids`` (B, L) with ``IMAGE_TOKEN_INDEX`` placeholders, ``attention_mask``,
     optional ``packed_seq_ids`` (0 on padding, k on the k-th sample of a row) and ``images``. Each
-    placeholder takes ``tokens_per_image`` positions; rows are cut at ``max_length``. Samples: the
+    placeholder takes ``tokens_per_image`` positions; rows are cut at ``max_length`` (packed rows are not:
+    the limit is per sample there, and the packer keeps to it). Samples: the
     nonempty segments (packed) or rows (padded). ``blank_image``: the model runs one blank image
     through the tower for a batch without images (counted in ``vision_images`` only).
     """
@@ -234,10 +235,10 @@ def batch_counts(inputs: dict[str, Any], tokens_per_image: int = 1, max_length: 
     is_img = (ids == IMAGE_TOKEN_INDEX) & valid
     width = torch.where(is_img, tokens_per_image, valid.long())
     ends = width.cumsum(dim=1)
-    if max_length is not None:  # positions each input token keeps after the model's truncation
+    segments = inputs.get("packed_seq_ids")
+    if max_length is not None and segments is None:  # positions each token keeps after the model's row cut
         width = ends.clamp(max=max_length) - (ends - width).clamp(max=max_length)
     row_len = width.sum(dim=1)
-    segments = inputs.get("packed_seq_ids")
     segments = (segments if segments is not None else valid.long()).masked_fill(~valid, 0)
     key = (torch.arange(bsz, device=ids.device).unsqueeze(1) * (length + 1) + segments).reshape(-1)
     seg_len = torch.zeros(bsz * (length + 1), dtype=torch.long, device=ids.device)

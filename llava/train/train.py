@@ -307,9 +307,11 @@ def train(attn_implementation: str | None = None) -> None:
 
     data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args, records=records)
     if data_args.packing:
+        from llava.model.packing import runs_per_sample
         from llava.train.packing import packed_data_module
 
-        data_module = packed_data_module(data_module, data_args, training_args)
+        data_module = packed_data_module(data_module, data_args, training_args,
+                                         one_row=runs_per_sample(model.config._attn_implementation))
     trainer = LLaVATrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
     from llava.train.progress import ProgressCallback
 

@@ -13,8 +13,9 @@ samples/s, real tokens/s, padding, peak memory and MFU, and appends a row per ru
 them; 200-1400 text tokens plus one 576-token image, a quarter text-only with 200-1500 tokens):
 padded batches of ``batch`` samples (upstream's collator) and packed rows
 (:func:`llava.train.packing.first_fit_decreasing` into rows of 2048 tokens, ``batch`` rows a step,
-:class:`llava.train.packing.PackedCollator`); it prints useful tokens/s, padding, peak memory, step
-time and the packed/padded ratios.
+:class:`llava.train.packing.PackedCollator`; under sdpa the packed rows run attention once per sample,
+``llava_packed_sdpa``, as training with ``--packing`` does); it prints useful tokens/s, padding, peak
+memory, step time and the packed/padded ratios.
 
 FLOPs and MFU come from :mod:`llava.train.throughput` (the numbers training logs): per real LLM
 token ``4 N + 2 N_trainable`` plus ``12 layers width s`` of attention (each sample its own ``s``),
@@ -39,6 +40,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.model import LlavaConfig, LlavaLlamaForCausalLM
+from llava.model.packing import PACKED_SDPA
 from llava.train.throughput import batch_counts, model_shape, resolve_peak_flops, throughput_fields
 
 VICUNA_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
@@ -208,8 +210,10 @@ def run_all(a: argparse.Namespace, device: torch.device, gpu: str, peak: float |
                     capacity = (PACKING_TINY if a.tiny else PACKING_FULL)[2]
                     padded, packed = padded_and_packed(synthetic_samples(model, a.steps * bsz, a.tiny), bsz,
                                                        capacity, tpi)
-                    runs = [("2 padded", time_steps(net, padded, 1, device, peak)),
-                            ("2 packed", time_steps(net, packed, 1, device, peak))]
+                    runs = [("2 padded", time_steps(net, padded, 1, device, peak))]
+                    if attn == "sdpa":  # as train() does with --packing: sdpa once per sample, no L x L mask
+                        model.set_attn_implementation(PACKED_SDPA)
+                    runs.append(("2 packed", time_steps(net, packed, 1, device, peak)))
                 else:
                     runs = [(str(stage), time_steps(net, [fixed_batch(model, bsz, a.text_len)] * a.steps, 2, device,
                                                     peak))]

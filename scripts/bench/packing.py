@@ -53,6 +53,10 @@ fed to the LLM (read from its inputs); waste = 1 - real / processed; useful toke
 time of fwd+bwd+step (collation excluded; the first step runs once untimed before). Peak memory:
 ``ru_maxrss`` of the mode's subprocess, and its rise during training (the ratio's basis).
 
+**Rows.** With per-sample attention (``packed``, ``packed+groups``) a step's packs go end to end
+into one row, as training does (``PackedCollator(one_row=True)``): nothing is padded. ``packed+mask``
+keeps one row per pack, right-padded to the longest, as eager / flex / a dense mask need.
+
 **Attention.** ``padded``: sdpa with transformers' (B, 1, L, L) padding mask, every row L^2 of its
 batch's width. ``packed`` / ``packed+groups``: what ``--packing`` training runs, sdpa once per sample
 (``llava_packed_sdpa``): sum of s^2 over the samples. ``packed+mask`` (only with ``--modes``): the same
@@ -184,10 +188,15 @@ def packed_steps(samples: list[dict[str, Any]], image_tokens: int, rows: int, wo
     return [ordered[k:k + rows] for k in range(0, len(ordered), rows)]
 
 
-def schedule_stats(steps: list[list[list[int]]], lengths: list[int]) -> dict[str, float]:
-    """Real and processed positions, waste and dense attention cells of a schedule (no model)."""
+def schedule_stats(steps: list[list[list[int]]], lengths: list[int], one_row: bool = False) -> dict[str, float]:
+    """Real and processed positions, waste and dense attention cells of a schedule (no model).
+
+    ``one_row``: each step's packs end to end in one row (``PackedCollator(one_row=True)``).
+    """
     real = processed = cells = useful_cells = 0
     for step in steps:
+        if one_row:
+            step = [[i for row in step for i in row]]
         width = max(sum(lengths[i] for i in row) for row in step)
         processed += len(step) * width
         cells += len(step) * width * width
@@ -254,7 +263,7 @@ def _build(spec: dict[str, Any]) -> tuple[Any, Any, Any]:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-5, weight_decay=0.0)
     if spec["mode"] == "padded":
         return model, opt, lambda rows: padded([item for row in rows for item in row])
-    return model, opt, PackedCollator(padded.pad_token_id)
+    return model, opt, PackedCollator(padded.pad_token_id, one_row=spec["mode"] in PER_SAMPLE)  # as train() does
 
 
 def run_worker(spec_path: str, out_path: str) -> None:
@@ -351,7 +360,7 @@ def measure(samples: list[dict[str, Any]], image_tokens: int, args: argparse.Nam
                     profile=args.profile)
         print(f"[{image_tokens} tok / {mode}] {len(keep)} samples ({len(samples) - len(keep)} dropped: > {CAPACITY}), "
               f"{len(steps)} steps", file=sys.stderr, flush=True)
-        res, stats = run_mode(spec, workdir), schedule_stats(steps, lengths)
+        res, stats = run_mode(spec, workdir), schedule_stats(steps, lengths, one_row=mode in PER_SAMPLE)
         processed = sum(b * w for b, w in res["shapes"])
         if processed != stats["processed"]:
             raise SystemExit(f"{mode}: the model processed {processed} positions, the schedule says "
@@ -359,7 +368,7 @@ def measure(samples: list[dict[str, Any]], image_tokens: int, args: argparse.Nam
         seconds = sum(res["times"])
         stats["computed_cells"] = stats["useful_cells"] if mode in PER_SAMPLE else stats["cells"]
         out.append(dict(stats, image_tokens=image_tokens, mode=mode, samples=len(keep), steps=len(steps),
-                        dropped=len(samples) - len(keep), rows=stats["rows"] / len(steps),
+                        dropped=len(samples) - len(keep), rows=sum(b for b, _ in res["shapes"]) / len(steps),
                         width=sum(w for _, w in res["shapes"]) / len(steps), seconds=seconds,
                         tokens_per_s=stats["real"] / seconds, rss_peak=res["rss_peak"],
                         rss_delta=res["rss_peak"] - res["rss_start"]))
@@ -533,7 +542,9 @@ def main(argv: list[str] | None = None) -> None:
              *mixture_table(pool, samples), "",
              "## Measured (same samples in every mode of a row group; one run)", "", *results_table(rows), "",
              "## packed / padded ratios (same run)", "", *ratio_table(ratios), "",
-             f"## Waste at full scale (analytic, pool of {args.pool}, sampler world size 8 x {args.batch})", "",
+             f"## Waste at full scale (analytic, pool of {args.pool}, sampler world size 8 x {args.batch}; one row "
+             "per pack, as eager / flex / the dense mask get it: per-sample attention puts a batch's packs in "
+             "one row, with no padding)", "",
              *full_scale_table(scale, args.pool), "",
              f"_waste = padding / processed LLM positions; useful tok/s = real (non-padding, image tokens included) "
              f"LLM positions per second of fwd+bwd+AdamW; peak RSS = ru_maxrss of the mode's subprocess; the "
