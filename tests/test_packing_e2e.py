@@ -1,9 +1,9 @@
 """End-to-end ``--packing True``: the real stage scripts under 2-process CPU DeepSpeed, killed and resumed.
 
-multiNormpretrain.sh (ZeRO-2, projector only) and the vanilla finetune.sh (ZeRO-3, full finetune,
-``--group_by_modality_length``): a run killed after a mid-epoch checkpoint and rerun (it resumes)
-ends with the same weights, bit for bit, as an uninterrupted run; the packs are the same after the
-resume (the length cache is reused) and the runs log the throughput fields.
+The vanilla and the multiNorm stage scripts, each under ZeRO-2 (stage 1: projector only) and ZeRO-3
+(stage 2: full finetune with ``--group_by_modality_length``): a run killed after a mid-epoch
+checkpoint and rerun (it resumes) ends with the same weights, bit for bit, as an uninterrupted run,
+and the packs after the resume are the same (the length cache is reused).
 """
 
 from __future__ import annotations
@@ -19,17 +19,20 @@ from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 
+MULTINORM = dict(use_multilayer_features=True, mm_multilayer_select="2,3,4", mm_multilayer_post_norm=True,
+                 normalize_projector=True, mm_norm_style="reference")
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_llama, tiny_clip):
     root = tmp_path_factory.mktemp("packing_e2e")
     data = write_shapes_dataset(root / "data", n=28)
     env = dict(MODEL_NAME=tiny_llama, VISION_TOWER=tiny_clip, IMAGE_FOLDER=data.image_folder, EPOCHS=2,
-               BATCH_SIZE=2, SAVE_STEPS=2)
+               BATCH_SIZE=2, SAVE_STEPS=2, MULTILAYER_SELECT="2,3,4")
     return root, data, env
 
 
-def _straight_and_resumed(script: str, root: Path, name: str, **env) -> tuple[Path, Path, str]:
+def _straight_and_resumed(script: str, root: Path, name: str, **env) -> tuple[Path, Path]:
     straight, resumed = root / f"{name}_straight", root / f"{name}_resumed"
     _run(script, root / f"{name}_straight.log", "--packing", "True", OUTPUT_DIR=straight, **env)
     proc = _start(script, root / f"{name}_killed.log", "--packing", "True", OUTPUT_DIR=resumed, **env)
@@ -37,36 +40,40 @@ def _straight_and_resumed(script: str, root: Path, name: str, **env) -> tuple[Pa
     log = _run(script, root / f"{name}_resumed.log", "--packing", "True", OUTPUT_DIR=resumed, **env)
     assert "resuming from" in log
     assert (resumed / "packing_lengths.json").read_bytes() == (straight / "packing_lengths.json").read_bytes()
-    return straight, resumed, log
+    steps = [json.loads((out / "trainer_state.json").read_text())["global_step"] for out in (straight, resumed)]
+    assert steps[0] == steps[1] > 2, steps  # the kill came mid-run
+    return straight, resumed
 
 
-def _steps(out: Path) -> int:
-    return json.loads((out / "trainer_state.json").read_text())["global_step"]
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert sorted(a) == sorted(b)
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
 
 
-def test_multinorm_pretrain_zero2_packed_resume_is_bit_identical(setup):
+@pytest.mark.parametrize("script", ["scripts/v1_5/pretrain.sh", "multiNormpretrain.sh"])
+def test_stage1_zero2_packed_resume_is_bit_identical(setup, script):
     root, data, env = setup
-    straight, resumed, _ = _straight_and_resumed(
-        "multiNormpretrain.sh", root, "mn", **dict(env, BATCH_SIZE=1), DATA_PATH=data.pretrain_json, LR=1e-2,
-        MULTILAYER_SELECT="2,3,4", MODEL_MAX_LENGTH=96)  # ~3 captions per row: 5 steps per epoch
-    assert _steps(straight) == _steps(resumed) > 2  # the kill came mid-run
+    name = Path(script).stem
+    straight, resumed = _straight_and_resumed(script, root, name, **dict(env, BATCH_SIZE=1), LR=1e-2,
+                                              DATA_PATH=data.pretrain_json, MODEL_MAX_LENGTH=96)  # ~3 per row
     a = torch.load(straight / "mm_projector.bin", weights_only=True)
-    b = torch.load(resumed / "mm_projector.bin", weights_only=True)
-    assert sorted(a) == sorted(b) and "model.mm_projector_norm.weight" in a
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    _same(a, torch.load(resumed / "mm_projector.bin", weights_only=True))
+    assert ("model.mm_projector_norm.weight" in a) == (script == "multiNormpretrain.sh")
 
 
-def test_vanilla_finetune_zero3_packed_resume_is_bit_identical(setup, tiny_llama, tiny_clip):
+@pytest.mark.parametrize("script", ["scripts/v1_5/finetune.sh", "multiNormfinetune.sh"])
+def test_stage2_zero3_packed_resume_is_bit_identical(setup, script, tiny_llama, tiny_clip):
     from llava.model.checkpoints import projector_tensors
     from llava.testing.tiny_llava import build_tiny_llava
 
     root, data, env = setup
-    adapter = root / "projector.bin"
-    torch.save({k: v.detach().clone() for k, v in projector_tensors(build_tiny_llava(tiny_llama, tiny_clip))},
-               adapter)
-    straight, resumed, _ = _straight_and_resumed(
-        "finetune.sh", root, "ft", **env, DATA_PATH=data.finetune_json, LR=2e-3, PRETRAIN_MM_MLP_ADAPTER=adapter)
-    assert _steps(straight) == _steps(resumed) > 2
-    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
-    assert sorted(a) == sorted(b)
-    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    name = Path(script).stem
+    flags = MULTINORM if script == "multiNormfinetune.sh" else {}
+    adapter = root / f"{name}_projector.bin"
+    model = build_tiny_llava(tiny_llama, tiny_clip, **flags)
+    torch.save({k: v.detach().clone() for k, v in projector_tensors(model)}, adapter)
+    straight, resumed = _straight_and_resumed(script, root, name, **env, DATA_PATH=data.finetune_json, LR=2e-3,
+                                              PRETRAIN_MM_MLP_ADAPTER=adapter)
+    a = load_file(straight / "model.safetensors")
+    _same(a, load_file(resumed / "model.safetensors"))
+    assert ("model.mm_projector_norm.weight" in a) == bool(flags)
