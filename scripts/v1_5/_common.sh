@@ -5,6 +5,8 @@
 #   DEVICE=cpu      adds --use_cpu True, drops bf16/tf32, exports DS_ACCELERATOR=cpu
 #   NUM_GPUS=N      processes per node (deepspeed --num_gpus); default: all GPUs (1 on CPU)
 #   HOSTFILE=path   multi-node: passed to deepspeed --hostfile (see README)
+#   NODE_RANK=k     this node's rank: deepspeed --no_ssh --node_rank k (one launcher per node, e.g. under
+#                   SLURM: scripts/slurm/launch.sh sets it with HOSTFILE, MASTER_ADDR and MASTER_PORT)
 #   NUM_NODES, MASTER_ADDR, MASTER_PORT, INCLUDE   passed to deepspeed when set; without MASTER_PORT
 #                   (and HOSTFILE) a single-node run takes a free port instead of DeepSpeed's 29500
 #   LAUNCHER        default "deepspeed"
@@ -57,6 +59,7 @@ llava_launch() {
     [[ -n "${NUM_GPUS:-}" ]] && launcher_args+=(--num_gpus "${NUM_GPUS}")
     [[ -n "${INCLUDE:-}" ]] && launcher_args+=(--include "${INCLUDE}")
     [[ -n "${MASTER_ADDR:-}" ]] && launcher_args+=(--master_addr "${MASTER_ADDR}")
+    [[ -n "${NODE_RANK:-}" ]] && launcher_args+=(--no_ssh --node_rank "${NODE_RANK}")
     if [[ -z "${MASTER_PORT:-}" && -z "${HOSTFILE:-}" ]]; then
         # single node without MASTER_PORT: a free port, so two runs on one machine do not both take 29500
         MASTER_PORT="$("${PYTHON:-python3}" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
