@@ -47,11 +47,11 @@ def test_ffd_keeps_groups_apart_and_leaves_out_negative_lengths():
 
 @pytest.fixture()
 def dataset(tmp_path, llama_tokenizer, tiny_clip):
-    from transformers import CLIPImageProcessor
+    from transformers import CLIPImageProcessorPil
 
     data = write_shapes_dataset(tmp_path / "data", n=6, text_only=2)
     args = SimpleNamespace(image_folder=data.image_folder, image_aspect_ratio="pad", is_multimodal=True,
-                           image_processor=CLIPImageProcessor.from_pretrained(tiny_clip), conv_version="v1",
+                           image_processor=CLIPImageProcessorPil.from_pretrained(tiny_clip), conv_version="v1",
                            num_image_tokens=16, skip_bad_samples=True)
     llama_tokenizer.model_max_length = 256
     return LazySupervisedDataset(str(data.finetune_json), llama_tokenizer, args)

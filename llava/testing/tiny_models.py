@@ -19,7 +19,7 @@ from pathlib import Path
 
 from transformers import (
     CLIPConfig,
-    CLIPImageProcessor,
+    CLIPImageProcessorPil,
     CLIPModel,
     LlamaConfig,
     LlamaForCausalLM,
@@ -107,7 +107,7 @@ def build_clip(out_dir: str | os.PathLike, num_layers: int = 4, hidden: int = 32
         projection_dim=16,
     )
     CLIPModel(cfg).save_pretrained(str(out_dir))
-    proc = CLIPImageProcessor(size={"shortest_edge": image_size},
+    proc = CLIPImageProcessorPil(size={"shortest_edge": image_size},
                               crop_size={"height": image_size, "width": image_size})
     proc.save_pretrained(str(out_dir))
     return str(out_dir)

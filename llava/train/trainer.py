@@ -6,7 +6,8 @@ What differs from ``transformers.Trainer`` (only public/overridable Trainer meth
   dataset's ``modality_lengths`` (image and text-only samples batched separately).
 * ``mm_projector_lr`` -> the projector and the add-on modules that travel with it (by object
   identity, from the add-on registry) get their own parameter groups (decay / no decay) at that
-  learning rate; everything else keeps ``learning_rate``.
+  learning rate; everything else keeps ``learning_rate``. Every logging step adds the projector
+  groups' current rate as ``learning_rate_projector``.
 * Projector-only training (``tune_mm_mlp_adapter``): model files in ``checkpoint-N`` and in the
   final folder are ``mm_projector.bin`` (upstream keys, gathered ZeRO-3-safely) + ``config.json``;
   optimizer, scheduler, RNG and trainer state are still saved, so resuming works.
@@ -35,6 +36,7 @@ from llava.utils.generation_config import sanitize_generation_config
 from llava.utils.zero import gather_named, get_peft_state_non_lora_maybe_zero_3
 
 logger = logging.getLogger(__name__)
+GROUP_KEY = "llava_group"  # optimizer param-group tag: its learning rate is logged as learning_rate_<tag>
 SKIPPED_FILE = "skipped_samples.json"  # per checkpoint: {sample index: category} of the samples skipped so far
 
 
@@ -82,6 +84,7 @@ def build_param_groups(
         group: dict[str, Any] = {"params": params, "weight_decay": weight_decay if is_decay else 0.0}
         if is_proj:
             group["lr"] = mm_projector_lr
+            group[GROUP_KEY] = "projector"
         groups.append(group)
     return groups
 
@@ -103,6 +106,17 @@ class LLaVATrainer(ThroughputMixin, AuxLossLoggingMixin, Trainer):
             lengths=dataset.modality_lengths,
             group_by_modality=True,
         )
+
+    # ---- logging ----
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Every tagged parameter group's learning rate next to the Trainer's ``learning_rate`` (first group)."""
+        if "learning_rate" in logs and self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                tag = group.get(GROUP_KEY)
+                if tag and f"learning_rate_{tag}" not in logs:
+                    logs[f"learning_rate_{tag}"] = float(group["lr"])
+        super().log(logs, start_time)
 
     # ---- optimizer ----
 

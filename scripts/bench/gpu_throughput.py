@@ -62,10 +62,10 @@ def build(tmp: Path, tiny: bool, attn: str, device: torch.device) -> LlavaLlamaF
     if not clip_dir.exists():
         tower = CLIPVisionModel(CLIPVisionConfig(**(TINY_CLIP if tiny else CLIP_L336)))
         tower.to(torch.bfloat16).save_pretrained(clip_dir)
-        from transformers import CLIPImageProcessor
+        from transformers import CLIPImageProcessorPil
 
         size = (TINY_CLIP if tiny else CLIP_L336)["image_size"]
-        CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(
+        CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(
             clip_dir)
     torch.set_default_dtype(torch.bfloat16)
     try:

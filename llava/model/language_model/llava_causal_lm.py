@@ -42,6 +42,14 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
         self.post_init()
 
     @classmethod
+    def _cache_argument(cls) -> str:
+        """The family forward's name for the KV cache: ``cache`` (transformers >= 5.24), else ``past_key_values``."""
+        import inspect
+
+        params = inspect.signature(cls._family_causal_lm_class().forward).parameters
+        return "cache" if "cache" in params else "past_key_values"
+
+    @classmethod
     def _family_causal_lm_class(cls) -> type:
         """The family's own causal-LM class (e.g. ``LlamaForCausalLM``): first generating class in the MRO."""
         return next(
@@ -83,11 +91,12 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
             attention_mask, position_ids, labels, extra = self._packed_inputs(
                 packed_seq_ids, position_ids, labels, inputs_embeds)
             kwargs.update(extra)
+        if past_key_values is not None:
+            kwargs[self._cache_argument()] = past_key_values
         out = super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             labels=labels,
             use_cache=use_cache,

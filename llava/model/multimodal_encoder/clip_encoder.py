@@ -1,4 +1,11 @@
-"""Frozen CLIP vision tower with upstream LLaVA's layer/feature selection and delayed loading."""
+"""Frozen CLIP vision tower with upstream LLaVA's layer/feature selection and delayed loading.
+
+The tower usually comes from a full CLIP checkpoint (``openai/clip-vit-large-patch14-336`` holds the
+text half too): :class:`CLIPVisionTowerModel` declares those keys as expected leftovers, so loading
+prints no report of them while a missing or unexpected *vision* key is still reported. Images are
+preprocessed by ``CLIPImageProcessorPil`` (the PIL backend upstream LLaVA used), the same with or
+without torchvision installed.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +14,29 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 
 from llava.constants import DEFAULT_SELECT_LAYER, VALID_SELECT_FEATURES
 
 LayerSelector = Callable[[Sequence[torch.Tensor]], torch.Tensor]
+
+
+class CLIPVisionTowerModel(CLIPVisionModel):
+    """``CLIPVisionModel`` that knows a full CLIP checkpoint's text half and projections are not for it."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^text_model\.", r"^text_projection\.", r"^visual_projection\.",
+                                          r"^logit_scale$"]
+
+
+def _register_tower_conversion() -> None:
+    """Give the subclass ``CLIPVisionModel``'s checkpoint key mapping (transformers looks it up by class name)."""
+    name = CLIPVisionTowerModel.__name__
+    if get_checkpoint_conversion_mapping(name) is None:
+        register_checkpoint_conversion_mapping(name, get_checkpoint_conversion_mapping(CLIPVisionModel.__name__) or [])
+
+
+_register_tower_conversion()
 
 
 class CLIPVisionTower(nn.Module):
@@ -41,8 +66,8 @@ class CLIPVisionTower(nn.Module):
         """Load processor and weights (once); the tower is frozen."""
         if self.is_loaded:
             return
-        self.image_processor = CLIPImageProcessor.from_pretrained(self.vision_tower_name)
-        self.vision_tower = CLIPVisionModel.from_pretrained(self.vision_tower_name, device_map=device_map)
+        self.image_processor = CLIPImageProcessorPil.from_pretrained(self.vision_tower_name)
+        self.vision_tower = CLIPVisionTowerModel.from_pretrained(self.vision_tower_name, device_map=device_map)
         self.vision_tower.requires_grad_(False)
         self.is_loaded = True
 
