@@ -21,3 +21,16 @@ case ",${EXTRAS}," in
     fi
     ;;
 esac
+# The lmms-eval plugin's test (tests/test_lmms_eval.py) runs lmms-eval's own CLI: lmms-eval itself without
+# its declared dependencies (its torchvision does not import beside the CPU torch) plus the subset its CLI
+# core needs; filelock<4 because lmms-eval 0.7.3 imports filelock._api. On a GPU machine use the extra:
+# pip install -e ".[lmms-eval]" (after installing the torchvision that matches your torch).
+case ",${EXTRAS}," in
+  *,dev,*)
+    if ! "$PY" -c "import lmms_eval" 2>/dev/null; then
+      "$PY" -m pip install -q --no-deps "lmms-eval==0.7.3"
+    fi
+    "$PY" -m pip install -q "loguru==0.7.3" "evaluate==0.4.6" "datasets==5.2.0" pytz "tenacity==9.2.1" \
+      "filelock>=3.10,<4" "pytablewriter==1.2.1"
+    ;;
+esac
