@@ -183,7 +183,7 @@ def test_flag_pairs_train_generate_and_reload(pair, tiny_llama, tiny_clip, llama
         loss.backward()
         opt.step()
         opt.zero_grad()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
     model.eval()
     gen = model.generate(IDS, attention_mask=MASK, images=images, max_new_tokens=3, do_sample=False, pad_token_id=0)

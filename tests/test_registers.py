@@ -59,7 +59,7 @@ def test_registers_follow_each_image_and_train(tiny_llama, tiny_clip, images):
         assert reg.grad is not None and reg.grad.abs().sum() > 0
         opt.step()
         opt.zero_grad()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0] and not torch.equal(start, reg.detach())
 
 
