@@ -49,9 +49,8 @@ import torch
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import get_conv_template
 
-from .addons import cosine_reg, multilayer
 from .addons.base import write_config
-from .addons.registry import MODULES_KEY, AddonRegistry
+from .addons.registry import MODULES_KEY, AddonRegistry, builtin_addon
 
 OURS_TO_HF: tuple[tuple[str, str], ...] = (
     ("model.vision_tower.vision_tower.", "model.vision_tower."),
@@ -62,7 +61,8 @@ OURS_TO_HF: tuple[tuple[str, str], ...] = (
 )
 """(our key prefix, llava-hf key prefix), most specific first."""
 HF_TO_OURS: tuple[tuple[str, str], ...] = tuple((hf, ours) for ours, hf in OURS_TO_HF)
-TRAINING_ONLY_ADDONS = (cosine_reg.CosineRegularizer,)
+TRAINING_ONLY_ADDONS = (builtin_addon("cosine"),)
+MULTILAYER = builtin_addon("multilayer")
 """Add-ons with no effect on inference outputs: dropped (with a note) instead of refused."""
 SELECT_STRATEGY = {"patch": "default", "cls_patch": "full"}
 IMAGE_PROCESSOR_KEYS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale",
@@ -150,7 +150,7 @@ def vision_spec(config: Any) -> VisionSpec:
     dropped: list[str] = []
     notes: list[str] = []
     for addon, cfg in AddonRegistry().pipeline(config).enabled:
-        if addon is multilayer.Multilayer:
+        if addon is MULTILAYER:
             if cfg.mm_multilayer_post_norm:
                 problems.append("mm_multilayer_post_norm of the multilayer add-on (post-layernorm on each layer)")
             layer = [int(i) for i in cfg.mm_multilayer_select]
@@ -347,7 +347,7 @@ def ours_config(hf_cfg: Any, config_class: type, tower_path: str, image_aspect_r
     for key, value in extra.items():
         setattr(config, key, value)
     if not isinstance(layer, int):
-        write_config(config, multilayer.MultilayerConfig(True, [int(i) for i in layer], False))
+        write_config(config, MULTILAYER.Config(True, [int(i) for i in layer], False))
     config.mm_hidden_size = AddonRegistry().pipeline(config).input_width(hf_cfg.vision_config.hidden_size)
     return config
 

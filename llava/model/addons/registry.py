@@ -40,6 +40,11 @@ BUILTIN_ADDONS: tuple[type[Addon], ...] = (
 MODULES_KEY = "mm_addon_modules"
 
 
+def builtin_addon(name: str) -> type[Addon]:
+    """The built-in add-on whose ``name`` is ``name`` (names are unique; ``KeyError`` for an unknown one)."""
+    return {a.name: a for a in BUILTIN_ADDONS}[name]
+
+
 def parse_module_list(spec: str | Sequence[str] | None) -> tuple[str, ...]:
     """``"a.b,c"`` or ``["a.b", "c"]`` -> ``("a.b", "c")``."""
     if not spec:
