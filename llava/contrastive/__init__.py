@@ -19,7 +19,7 @@ from llava.contrastive.data import (
     save_records,
     synthetic_shapes,
 )
-from llava.contrastive.llm import MultimodalLLM, evaluate_captions, train_captioning
+from llava.contrastive.llm_integration import MultimodalLLM, evaluate_captions, train_captioning
 from llava.contrastive.metrics import caption_metrics, cider_d
 from llava.contrastive.train import (
     evaluate_retrieval,

@@ -21,7 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llava.contrastive.config import AlignmentConfig
+from llava.contrastive.config import AlignmentConfig, get_device, set_seed
+
+__all__ = ["AlignmentConfig", "MLPAdapter", "VisionTextAligner", "clip_loss", "get_device", "matryoshka_clip_loss",
+           "set_seed"]  # the seed's `from core import AlignmentConfig, VisionTextAligner, get_device, set_seed`
 
 
 class MLPAdapter(nn.Module):

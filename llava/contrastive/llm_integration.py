@@ -26,6 +26,8 @@ from llava.contrastive.config import LLMConfig
 from llava.contrastive.core import VisionTextAligner
 from llava.contrastive.data import ImageTextDataset, _open
 
+__all__ = ["LLMConfig", "MultimodalLLM", "evaluate_captions", "train_captioning"]  # the seed's llm_integration names
+
 IGNORE_INDEX = -100
 
 
