@@ -14,14 +14,19 @@ from llava.testing.tiny_llava import build_tiny_llava
 @contextlib.contextmanager
 def transformers_log() -> Iterator[io.StringIO]:
     """What transformers' loggers write (their handler holds the stderr of import time, which pytest replaced)."""
+    from transformers.utils import logging as hf_logging
+
     buf = io.StringIO()
     handler = logging.StreamHandler(buf)
     root = logging.getLogger("transformers")
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()  # transformers' default; an earlier in-process train() may have changed it
     root.addHandler(handler)
     try:
         yield buf
     finally:
         root.removeHandler(handler)
+        hf_logging.set_verbosity(before)
 
 
 def _printed(capfd, log: io.StringIO) -> str:
