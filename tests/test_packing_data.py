@@ -130,28 +130,29 @@ def _argv(tmp_path, tiny_llama, tiny_clip, data, *extra):
             "--dataloader_num_workers", "0", "--packing", "True", *extra]
 
 
-def test_a_too_long_sample_is_one_line_at_launch(tmp_path, tiny_llama, tiny_clip, monkeypatch, capsys):
+def _launch_error(argv: list[str], monkeypatch, capsys) -> str:
+    """stderr of a train() launch that must stop with exit status 2."""
     from llava.train.train import train
 
-    data = write_shapes_dataset(tmp_path / "data", n=4, text_only=0)
-    monkeypatch.setattr(sys, "argv", _argv(tmp_path, tiny_llama, tiny_clip, data, "--model_max_length", "40"))
+    monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as err:
         train()
     assert err.value.code == 2
-    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+    return capsys.readouterr().err
+
+
+def test_a_too_long_sample_is_one_line_at_launch(tmp_path, tiny_llama, tiny_clip, monkeypatch, capsys):
+    data = write_shapes_dataset(tmp_path / "data", n=4, text_only=0)
+    err = _launch_error(_argv(tmp_path, tiny_llama, tiny_clip, data, "--model_max_length", "40"), monkeypatch, capsys)
+    lines = [x for x in err.splitlines() if x.startswith("error:")]
     assert len(lines) == 1 and "model_max_length=40" in lines[0] and "--skip_bad_samples True" in lines[0], lines
 
 
 def test_packing_flags_without_packing_are_refused(tmp_path, tiny_llama, tiny_clip, monkeypatch, capsys):
-    from llava.train.train import train
-
     data = write_shapes_dataset(tmp_path / "data", n=2, text_only=0)
     argv = [a for a in _argv(tmp_path, tiny_llama, tiny_clip, data) if a not in ("--packing", "True")]
-    monkeypatch.setattr(sys, "argv", argv + ["--packing_buffer_size", "10"])
-    with pytest.raises(SystemExit) as err:
-        train()
-    assert err.value.code == 2
-    assert "--packing_buffer_size has no effect without --packing True" in capsys.readouterr().err
+    err = _launch_error(argv + ["--packing_buffer_size", "10"], monkeypatch, capsys)
+    assert "--packing_buffer_size has no effect without --packing True" in err
 
 
 def test_supervised_token_count_is_the_same_packed_or_padded(dataset):
@@ -203,14 +204,10 @@ def test_a_sample_that_cannot_be_rendered_is_never_dropped_silently(dataset, mon
 
 
 def test_an_unknown_attention_implementation_is_one_line(tmp_path, tiny_llama, tiny_clip, monkeypatch, capsys):
-    from llava.train.train import train
-
     data = write_shapes_dataset(tmp_path / "data", n=2, text_only=0)
-    monkeypatch.setattr(sys, "argv", _argv(tmp_path, tiny_llama, tiny_clip, data, "--attn_implementation", "fast"))
-    with pytest.raises(SystemExit) as err:
-        train()
-    assert err.value.code == 2
-    assert "--attn_implementation 'fast' is not supported" in capsys.readouterr().err
+    err = _launch_error(_argv(tmp_path, tiny_llama, tiny_clip, data, "--attn_implementation", "fast"), monkeypatch,
+                        capsys)
+    assert "--attn_implementation 'fast' is not supported" in err
 
 
 def test_one_row_collation_puts_the_batch_end_to_end(dataset):

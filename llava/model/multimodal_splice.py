@@ -18,7 +18,7 @@ from torch import nn
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 from .block_layout import BlockLayout
-from .packing import restart_per_segment
+from .packing import restart_per_segment, segment_keys
 
 
 @dataclass
@@ -184,9 +184,8 @@ def splice_image_features(
 
 def _check_packed_lengths(width: torch.Tensor, segments: torch.Tensor, max_length: int) -> None:
     """Raise when a sample of a packed batch takes more than ``max_length`` positions."""
-    bsz, seq_len = segments.shape
-    n_seg = int(segments.max()) + 1 if segments.numel() else 1
-    key = (torch.arange(bsz, device=segments.device).unsqueeze(1) * n_seg + segments).reshape(-1)
+    key, n_seg = segment_keys(segments)
+    bsz = segments.shape[0]
     per_sample = torch.zeros(bsz * n_seg, dtype=torch.long, device=segments.device).scatter_add_(
         0, key, width.reshape(-1)).view(bsz, n_seg)[:, 1:]
     longest = int(per_sample.max()) if per_sample.numel() else 0

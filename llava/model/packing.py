@@ -63,11 +63,17 @@ def mask_first_labels(labels: torch.Tensor, segments: torch.Tensor) -> torch.Ten
     return labels.masked_fill(sample_starts(segments), IGNORE_INDEX)
 
 
+def segment_keys(segments: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(flat (B * L) index of each position's (row, sample) pair, ids per row): for scatter/gather per sample."""
+    n_seg = int(segments.max()) + 1 if segments.numel() else 1
+    rows = torch.arange(segments.shape[0], device=segments.device).unsqueeze(1)
+    return (rows * n_seg + segments).reshape(-1), n_seg
+
+
 def restart_per_segment(values: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
     """Subtract from a row-wise nondecreasing (B, L) ``values`` its value at each segment's first position."""
     bsz, length = segments.shape
-    n_seg = int(segments.max()) + 1 if segments.numel() else 1
-    key = (torch.arange(bsz, device=segments.device).unsqueeze(1) * n_seg + segments).reshape(-1)
+    key, n_seg = segment_keys(segments)
     big = torch.iinfo(values.dtype).max
     first = torch.full((bsz * n_seg,), big, dtype=values.dtype, device=values.device)
     first = first.scatter_reduce(0, key, values.reshape(-1), reduce="amin")
@@ -90,9 +96,7 @@ def block_causal_mask(segments: torch.Tensor) -> torch.Tensor:
 
 def varlen_kwargs(segments: torch.Tensor) -> dict[str, Any]:
     """FlashAttention varlen arguments for the flattened (B * L) batch: one sequence per (row, sample/padding)."""
-    bsz, length = segments.shape
-    n_seg = int(segments.max()) + 1 if segments.numel() else 1
-    key = (torch.arange(bsz, device=segments.device).unsqueeze(1) * n_seg + segments).reshape(-1)
+    key, _ = segment_keys(segments)
     change = (key[1:] != key[:-1]).nonzero().flatten() + 1
     bounds = torch.cat([key.new_zeros(1), change, key.new_full((1,), key.numel())]).to(torch.int32)
     longest = int(bounds.diff().max()) if bounds.numel() > 1 else 0
