@@ -4,7 +4,9 @@
         --epochs 100 --batch_size 256
 
 Writes ``mlp.safetensors`` + ``mlp_config.json`` (best epoch by validation cosine), ``metrics.csv``,
-``metrics.json``, ``curves.png``, ``report.json`` and ``report.md`` to ``--output_dir``.
+``metrics.json``, ``curves.png``, ``report.json`` and ``report.md`` to ``--output_dir``, and
+``train_state.pt`` after every epoch: an interrupted run resumes when rerun with the same settings; a
+finished run is never overwritten without ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from llava.embedding_alignment.train import TrainConfig, format_report, train_mlp  # noqa: E402
+from llava.embedding_alignment.train import RunExistsError, TrainConfig, format_report, train_mlp  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_final_train_eval", action="store_true",
                    help="report the best epoch's running train metrics instead of a final pass over the train split")
     p.add_argument("--no_progress", action="store_true", help="hide the tqdm bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished run (or an interrupted one) in --output_dir instead of refusing / resuming")
+    p.add_argument("--stop_after_epochs", type=int, default=None,
+                   help="train this many epochs in this call, then stop (rerun the command to resume)")
     return p
 
 
@@ -50,7 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     skip = ("no_progress", "no_final_train_eval")
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k not in skip}, progress=not args.no_progress,
                       eval_train_at_end=not args.no_final_train_eval)
-    report = train_mlp(cfg)
+    try:
+        report = train_mlp(cfg)
+    except RunExistsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if "stopped_after_epoch" in report:
+        print(f"stopped after epoch {report['stopped_after_epoch']} of {cfg.epochs}; rerun the same command to resume")
+        return 0
     print(format_report(report))
     return 0
 

@@ -335,3 +335,87 @@ def test_train_mlp_learns_nonlinear_map_and_reports(tmp_path):
     assert (mcfg["d_in"], mcfg["d_out"], mcfg["epoch"]) == (d_in, d_out, report["best_epoch"])
     assert mcfg["val"]["cosine"] == pytest.approx(max(r["val_cosine"] for r in history))
     assert "| cosine |" in (out / "report.md").read_text()
+
+
+def _mlp_cli():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_cli", "scripts/train_mlp.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    return cli
+
+
+def _small_pairs(root):
+    rng = np.random.default_rng(1)
+    n, t, d_in, d_out = 120, 2, 6, 8
+    x = rng.normal(size=(n, t, d_in)).astype(np.float32)
+    y = (np.tanh(x @ rng.normal(size=(d_in, d_out))) + 0.05 * rng.normal(size=(n, t, d_out))).astype(np.float32)
+    _write_synthetic(root, x, y, [("a", "b")[i % 2] for i in range(n)])
+    return root
+
+
+def test_train_mlp_refuses_to_overwrite_a_finished_run(tmp_path, capsys):
+    cli, ds, out = _mlp_cli(), _small_pairs(tmp_path / "ds"), tmp_path / "mlp"
+    base = ["--dataset_path", str(ds), "--output_dir", str(out), "--batch_size", "32", "--device", "cpu",
+            "--no_progress", "--no_final_train_eval"]
+    assert cli.main(base + ["--epochs", "4"]) == 0
+    before = (out / "mlp.safetensors").read_bytes()
+    capsys.readouterr()
+    assert cli.main(base + ["--epochs", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds a finished run" in err[0] and "--overwrite" in err[0], err
+    assert (out / "mlp.safetensors").read_bytes() == before
+    assert cli.main(base + ["--epochs", "2", "--overwrite"]) == 0
+    assert json.loads((out / "report.json").read_text())["epochs"] == 2
+
+
+def test_train_mlp_interrupted_then_resumed_is_bit_identical(tmp_path, capsys):
+    cli, ds = _mlp_cli(), _small_pairs(tmp_path / "ds")
+
+    def run(out, *extra):
+        return cli.main(["--dataset_path", str(ds), "--output_dir", str(out), "--batch_size", "16", "--epochs", "5",
+                         "--device", "cpu", "--no_progress", "--lr", "3e-3", "--shuffle_buffer_rows", "40", *extra])
+
+    assert run(tmp_path / "straight") == 0
+    assert run(tmp_path / "resumed", "--stop_after_epochs", "2") == 0
+    assert (tmp_path / "resumed" / "train_state.pt").exists() and not (tmp_path / "resumed" / "report.json").exists()
+    capsys.readouterr()
+    assert run(tmp_path / "resumed", "--lr", "1e-3") == 2  # other settings: refused, differences listed
+    assert "--lr 0.003 -> 0.001" in capsys.readouterr().err
+    assert run(tmp_path / "resumed") == 0
+    weights = [(tmp_path / d / "mlp.safetensors").read_bytes() for d in ("straight", "resumed")]
+    assert weights[0] == weights[1]
+    timing = ("train_seconds", "pairs_per_s")
+    hist = [[{k: v for k, v in r.items() if k not in timing} for r in json.loads((tmp_path / d / "metrics.json")
+                                                                                  .read_text())]
+            for d in ("straight", "resumed")]
+    assert hist[0] == hist[1] and len(hist[0]) == 5
+
+
+@pytest.mark.slow
+def test_train_mlp_killed_then_resumed_is_bit_identical(tmp_path):
+    """SIGKILL once the first epoch's state is written; the rerun resumes there and ends like a straight run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ds = _small_pairs(tmp_path / "ds")
+
+    def cmd(out):
+        return [sys.executable, "scripts/train_mlp.py", "--dataset_path", str(ds), "--output_dir", str(out),
+                "--batch_size", "8", "--epochs", "30", "--device", "cpu", "--no_progress", "--no_final_train_eval"]
+
+    assert subprocess.run(cmd(tmp_path / "straight"), capture_output=True, timeout=300).returncode == 0
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (out / "train_state.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "report.json").exists(), "the run finished before the kill"
+    res = subprocess.run(cmd(out), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "resuming" in res.stderr, res.stderr[-2000:]
+    assert (out / "mlp.safetensors").read_bytes() == (tmp_path / "straight" / "mlp.safetensors").read_bytes()

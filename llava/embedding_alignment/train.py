@@ -10,10 +10,17 @@
   the best epoch by validation cosine is saved with its config; ``metrics.csv`` / ``metrics.json`` /
   ``curves.png`` are rewritten each epoch; ``report.json`` / ``report.md`` at the end compare the best
   checkpoint's validation metrics with the seed's targets.
+* Reruns never mix or lose work: a folder with a finished run (``report.json``) is refused unless
+  ``overwrite``; an interrupted run (``train_state.pt``, written atomically after every epoch: weights,
+  optimizer, schedule, torch RNG, history, best epoch) resumes at its next epoch when the settings match
+  (else the differing settings are listed), ending bit-identical to an uninterrupted run. Each epoch
+  shuffles with its own generator (seed, epoch), so the order never depends on how far the reading
+  thread got. ``stop_after_epochs`` ends a run early on purpose (e.g. a cluster job's time limit).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import queue
@@ -59,6 +66,42 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     eval_train_at_end: bool = True
     progress: bool = True
+    overwrite: bool = False
+    stop_after_epochs: int | None = None
+
+
+STATE_FILE = "train_state.pt"
+NOT_SETTINGS = ("progress", "overwrite", "stop_after_epochs")  # may change between a run and its resume
+
+
+class RunExistsError(ValueError):
+    """``output_dir`` holds a finished run, or an interrupted one made with other settings."""
+
+
+def _settings(cfg: TrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in asdict(cfg).items() if k not in NOT_SETTINGS}
+
+
+def check_output_dir(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The interrupted run's saved state to resume from, None for a fresh start; raises :class:`RunExistsError`."""
+    out = Path(cfg.output_dir)
+    if cfg.overwrite:
+        return None
+    if (out / "report.json").is_file():
+        report = json.loads((out / "report.json").read_text())
+        cos = report.get("val", {}).get("cosine", float("nan"))
+        raise RunExistsError(
+            f"{out} already holds a finished run (best val cosine {cos:.4f} at epoch {report.get('best_epoch')} of "
+            f"{report.get('epochs')}); pass --overwrite to replace it, or choose another --output_dir")
+    if not (out / STATE_FILE).is_file():
+        return None
+    state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
+    diff = {k: (state["settings"].get(k), v) for k, v in _settings(cfg).items() if state["settings"].get(k) != v}
+    if diff:
+        listed = ", ".join(f"--{k} {old!r} -> {new!r}" for k, (old, new) in sorted(diff.items()))
+        raise RunExistsError(f"{out} holds an interrupted run made with other settings ({listed}); rerun with the same "
+                             "settings to resume it, pass --overwrite to start over, or choose another --output_dir")
+    return state
 
 
 def split_by_image(category_ids: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -160,11 +203,54 @@ def _flat(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:
     return {f"{prefix}_{k}": metrics[k] for k in ("cosine", "mse", "alignment_variance")}
 
 
+def _train_epoch(mlp: AlignmentMLP, opt: torch.optim.Optimizer, sched: Any, pairs: EmbeddingPairs,
+                 train_rows: np.ndarray, cfg: TrainConfig, epoch: int, steps: int, device: torch.device,
+                 use_bf16: bool) -> tuple[dict[str, Any], float, int, float]:
+    """One epoch: (train metrics, mean loss, pairs seen, seconds). Shuffled by its own (seed, epoch) generator."""
+    mlp.train()
+    acc = MetricAccumulator(pairs.categories)
+    loss_sum, n_batches, n_pairs, t0 = 0.0, 0, 0, time.perf_counter()
+    rng = np.random.default_rng([cfg.seed, epoch])
+    batches = _prefetch(iter_batches(pairs, train_rows, cfg.batch_size, rng, cfg.shuffle_buffer_rows))
+    bar = tqdm(batches, total=steps, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not cfg.progress)
+    for xb, yb, cb in bar:
+        x = torch.from_numpy(xb).to(device, torch.float32)
+        y = torch.from_numpy(yb).to(device, torch.float32)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            pred = mlp(x)
+        loss = _loss(pred.float(), y, cfg.mse_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        acc.update(pred.detach().float(), y, cb)
+        loss_sum += float(loss.detach())
+        n_batches += 1
+        n_pairs += len(xb)
+        bar.set_postfix(loss=f"{loss_sum / n_batches:.4f}")
+        if n_batches >= steps:
+            break
+    bar.close()
+    batches.close()
+    return acc.compute(), loss_sum / max(n_batches, 1), n_pairs, time.perf_counter() - t0
+
+
+def _save_state(out: Path, cfg: TrainConfig, epoch: int, mlp: AlignmentMLP, opt: Any, sched: Any,
+                history: list[dict[str, Any]], best: tuple[float, int]) -> None:
+    from llava.utils.atomic import atomic_torch_save
+
+    atomic_torch_save(dict(settings=_settings(cfg), epoch=epoch, mlp=mlp.state_dict(), opt=opt.state_dict(),
+                           sched=sched.state_dict(), torch_rng=torch.get_rng_state(), history=json.dumps(history),
+                           best_cos=best[0], best_epoch=best[1]), out / STATE_FILE)
+
+
 def train_mlp(cfg: TrainConfig) -> dict[str, Any]:
-    """Train, checkpoint the best epoch, write curves and the final report; returns the report."""
+    """Train (or resume), checkpoint the best epoch, write curves and the final report; returns the report
+    (an early stop by ``stop_after_epochs`` returns ``{"stopped_after_epoch": N}`` instead)."""
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ValueError(f"--epochs and --batch_size must be >= 1, got {cfg.epochs} and {cfg.batch_size}")
     out = Path(cfg.output_dir)
+    resume = check_output_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     pairs = EmbeddingPairs(cfg.dataset_path)
     device = resolve_device(cfg.device)
@@ -174,7 +260,6 @@ def train_mlp(cfg: TrainConfig) -> dict[str, Any]:
                                                 "train_images": len(train_rows), "val_images": len(val_rows),
                                                 "dataset_manifest": pairs.manifest.get("models")})
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     mlp = AlignmentMLP(pairs.d_in, pairs.d_out, cfg.hidden_dim).to(device)
     opt = torch.optim.AdamW(mlp.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = math.ceil(len(train_rows) * pairs.tokens_per_image / cfg.batch_size)
@@ -182,39 +267,23 @@ def train_mlp(cfg: TrainConfig) -> dict[str, Any]:
         steps = min(steps, cfg.max_steps_per_epoch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps * cfg.epochs))
     history: list[dict[str, Any]] = []
-    best_cos, best_epoch = -math.inf, 0
+    best_cos, best_epoch, first = -math.inf, 0, 1
+    if resume is not None:
+        mlp.load_state_dict(resume["mlp"])
+        opt.load_state_dict(resume["opt"])
+        sched.load_state_dict(resume["sched"])
+        torch.set_rng_state(resume["torch_rng"])
+        history, best_cos, best_epoch = json.loads(resume["history"]), resume["best_cos"], resume["best_epoch"]
+        first = resume["epoch"] + 1
+        logger.info("resuming %s after epoch %d of %d", out, resume["epoch"], cfg.epochs)
     logger.info("training on %d images (%d rows), validating on %d images; %d steps/epoch on %s%s",
                 len(train_rows), len(train_rows) * pairs.tokens_per_image, len(val_rows), steps, device,
                 " with bf16 autocast" if use_bf16 else "")
-    for epoch in range(1, cfg.epochs + 1):
-        mlp.train()
-        acc = MetricAccumulator(pairs.categories)
-        loss_sum, n_batches, n_pairs, t0 = 0.0, 0, 0, time.perf_counter()
-        batches = _prefetch(iter_batches(pairs, train_rows, cfg.batch_size, rng, cfg.shuffle_buffer_rows))
-        bar = tqdm(batches, total=steps, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not cfg.progress)
-        for xb, yb, cb in bar:
-            x = torch.from_numpy(xb).to(device, torch.float32)
-            y = torch.from_numpy(yb).to(device, torch.float32)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                pred = mlp(x)
-            loss = _loss(pred.float(), y, cfg.mse_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            acc.update(pred.detach().float(), y, cb)
-            loss_sum += float(loss.detach())
-            n_batches += 1
-            n_pairs += len(xb)
-            bar.set_postfix(loss=f"{loss_sum / n_batches:.4f}")
-            if n_batches >= steps:
-                break
-        bar.close()
-        batches.close()
-        train_s = time.perf_counter() - t0
+    for epoch in range(first, cfg.epochs + 1):
+        train, train_loss, n_pairs, train_s = _train_epoch(mlp, opt, sched, pairs, train_rows, cfg, epoch, steps,
+                                                           device, use_bf16)
         val = evaluate(mlp, pairs, val_rows, cfg.batch_size, device, use_bf16, cfg.shuffle_buffer_rows)
-        train = acc.compute()
-        row = {"epoch": epoch, "lr": sched.get_last_lr()[0], "train_loss": loss_sum / max(n_batches, 1),
+        row = {"epoch": epoch, "lr": sched.get_last_lr()[0], "train_loss": train_loss,
                **_flat("train", train), **_flat("val", val), "train_seconds": train_s,
                "pairs_per_s": n_pairs / max(train_s, 1e-9),
                "train_per_category": train["per_category"], "val_per_category": val["per_category"]}
@@ -230,7 +299,23 @@ def train_mlp(cfg: TrainConfig) -> dict[str, Any]:
         atomic_write_json(out / "metrics.json", history)
         write_curves_csv(history, out / "metrics.csv")
         plot_curves(history, out / "curves.png")
-    best, _ = load_mlp(out)
+        _save_state(out, cfg, epoch, mlp, opt, sched, history, (best_cos, best_epoch))
+        if cfg.stop_after_epochs is not None and epoch - first + 1 >= cfg.stop_after_epochs and epoch < cfg.epochs:
+            pairs.close()
+            logger.info("stopped after epoch %d (--stop_after_epochs); rerun the same command to resume", epoch)
+            return {"stopped_after_epoch": epoch}
+    report = _final_report(cfg, pairs, train_rows, val_rows, history, best_epoch, device, use_bf16)
+    atomic_write_json(out / "report.json", report)
+    (out / "report.md").write_text(format_report(report))
+    pairs.close()
+    return report
+
+
+def _final_report(cfg: TrainConfig, pairs: EmbeddingPairs, train_rows: np.ndarray, val_rows: np.ndarray,
+                  history: list[dict[str, Any]], best_epoch: int, device: torch.device, use_bf16: bool
+                  ) -> dict[str, Any]:
+    """The best checkpoint's validation (and train) metrics against the seed's targets."""
+    best, _ = load_mlp(Path(cfg.output_dir))
     best.to(device)
     if cfg.eval_train_at_end:
         train_final = evaluate(best, pairs, train_rows, cfg.batch_size, device, use_bf16, cfg.shuffle_buffer_rows)
@@ -245,9 +330,6 @@ def train_mlp(cfg: TrainConfig) -> dict[str, Any]:
               "bf16": use_bf16}
     report["targets"] = check_targets(report["val"])
     report["all_targets_met"] = all(v["pass"] for v in report["targets"].values())
-    atomic_write_json(out / "report.json", report)
-    (out / "report.md").write_text(format_report(report))
-    pairs.close()
     return report
 
 
