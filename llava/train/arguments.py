@@ -83,6 +83,11 @@ class DataArguments:
     is_multimodal: bool = False
     image_folder: str | None = field(default=None)
     image_aspect_ratio: str = "square"
+    eval_data_path: str | None = field(default=None, metadata={
+        "help": "Validation data JSON (same format as --data_path), evaluated at every --eval_strategy step: "
+                "eval_loss, eval_accuracy (answer-token accuracy) and the auxiliary terms."})
+    eval_image_folder: str | None = field(default=None, metadata={
+        "help": "Images of --eval_data_path (default: --image_folder)."})
     skip_bad_samples: bool = field(
         default=False,
         metadata={"help": "Skip (and count) unreadable/invalid samples instead of raising."},
@@ -254,6 +259,28 @@ def validate_args(
         )
     check_addons(model_args)
     _check_packing(model_args, data_args)
+    _check_validation(data_args, training_args)
+
+
+def _check_validation(data_args: DataArguments, training_args: TrainingArguments) -> None:
+    """``--eval_data_path`` and ``--eval_strategy`` go together; the eval paths must exist."""
+    path, folder = data_args.eval_data_path, data_args.eval_image_folder
+    evaluating = training_args.eval_strategy != "no"
+    if path is None:
+        if folder is not None:
+            raise ValueError("--eval_image_folder has no effect without --eval_data_path: add the validation "
+                             "data file or drop --eval_image_folder.")
+        if evaluating:
+            raise ValueError(f"--eval_strategy {training_args.eval_strategy.value} needs validation data: pass "
+                             "--eval_data_path (a LLaVA-format JSON file), or --eval_strategy no.")
+        return
+    if not os.path.isfile(path):
+        raise ValueError(f"--eval_data_path {path!r} does not exist or is not a file.")
+    if folder is not None and not os.path.isdir(folder):
+        raise ValueError(f"--eval_image_folder {folder!r} is not a directory.")
+    if not evaluating:
+        raise ValueError("--eval_data_path is set but --eval_strategy is no, so it would never be evaluated: "
+                         "pass --eval_strategy steps --eval_steps N (or --eval_strategy epoch).")
 
 
 def _check_packing(model_args: ModelArguments, data_args: DataArguments) -> None:

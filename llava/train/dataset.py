@@ -413,15 +413,27 @@ class DataCollatorForSupervisedDataset:
         return batch
 
 
-def make_supervised_data_module(tokenizer: Any, data_args: Any,
-                                records: Sequence[Any] | None = None) -> dict[str, Any]:
-    """``dict(train_dataset=..., eval_dataset=None, data_collator=...)`` for the HF Trainer.
+def make_supervised_data_module(tokenizer: Any, data_args: Any, records: Sequence[Any] | None = None,
+                                eval_records: Sequence[Any] | None = None) -> dict[str, Any]:
+    """``dict(train_dataset=..., eval_dataset=..., data_collator=...)`` for the HF Trainer.
 
-    ``records``: the data file already read (``train()`` reads it before any weights load).
+    ``records`` / ``eval_records``: the data files already read (``train()`` reads them before any weights
+    load). ``eval_dataset`` is None without ``--eval_data_path``; its images come from
+    ``--eval_image_folder`` (default ``--image_folder``).
     """
     train_dataset = LazySupervisedDataset(data_args.data_path, tokenizer, data_args, list_data_dict=records)
+    eval_dataset = None
+    eval_path = getattr(data_args, "eval_data_path", None)
+    if eval_path:
+        import copy
+
+        from llava.train.validation import EvalSupervisedDataset
+
+        eval_args = copy.copy(data_args)
+        eval_args.image_folder = getattr(data_args, "eval_image_folder", None) or data_args.image_folder
+        eval_dataset = EvalSupervisedDataset(eval_path, tokenizer, eval_args, list_data_dict=eval_records)
     return dict(
         train_dataset=train_dataset,
-        eval_dataset=None,
+        eval_dataset=eval_dataset,
         data_collator=DataCollatorForSupervisedDataset(tokenizer),
     )

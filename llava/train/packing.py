@@ -224,16 +224,22 @@ class PackedCollator:
 
     ``one_row``: the batch's packs go end to end into a single row (no padding at all), for attention
     that runs per sample (varlen flash-attn, ``llava_packed_sdpa``), where a longer row costs nothing
-    extra; otherwise one row per pack, right-padded to the longest.
+    extra; otherwise one row per pack, right-padded to the longest. ``unpacked``: the collator for a
+    batch of single samples (validation batches are never packed), used when the items are samples.
     """
 
-    def __init__(self, pad_token_id: int, one_row: bool = False) -> None:
+    def __init__(self, pad_token_id: int, one_row: bool = False, unpacked: Any = None) -> None:
         self.pad_token_id = int(pad_token_id)
         self.one_row = one_row
+        self.unpacked = unpacked
 
-    def __call__(self, packs: Sequence[Sequence[dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+    def __call__(self, packs: Sequence[Any]) -> dict[str, torch.Tensor]:
         if not packs:
             raise ValueError("PackedCollator got an empty batch")
+        if isinstance(packs[0], dict):  # samples, not packs: a validation batch
+            if self.unpacked is None:
+                raise ValueError("PackedCollator got single samples but has no collator for them (unpacked=)")
+            return self.unpacked(packs)
         if self.one_row:
             packs = [[item for pack in packs for item in pack]]
         width = max(sum(item["input_ids"].numel() for item in pack) for pack in packs)
@@ -297,5 +303,6 @@ def packed_data_module(data_module: dict[str, Any], data_args: Any, training_arg
             main_process_first=training_args.main_process_first(local=False, desc="packing lengths"))
     except BadSampleError as err:
         fail(f"{err}; or pass --skip_bad_samples True to skip and count such samples")
+    plain = data_module["data_collator"]
     return dict(data_module, train_dataset=packed,
-                data_collator=PackedCollator(data_module["data_collator"].pad_token_id, one_row=one_row))
+                data_collator=PackedCollator(plain.pad_token_id, one_row=one_row, unpacked=plain))

@@ -59,6 +59,14 @@ class ProgressCallback(TrainerCallback):
             self._loss = float(logs["loss"])
             self._print(state)
 
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
+                    **kwargs: Any) -> None:
+        if not metrics or not state.is_world_process_zero:
+            return
+        shown = [f"{key[len('eval_'):]} {metrics[key]:.4f}" for key in ("eval_loss", "eval_accuracy") if key in metrics]
+        print(f"{PREFIX} {self.label} validation at step {state.global_step}/{state.max_steps}: "
+              + (", ".join(shown) or "no supervised tokens"), flush=True)
+
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if getattr(control, "should_log", False):  # a log follows this step: on_log prints it with its loss
             return

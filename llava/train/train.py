@@ -272,7 +272,7 @@ def train(attn_implementation: str | None = None) -> None:
     from llava.train.usage import parse_and_check
 
     argv = sys.argv[1:]
-    model_args, data_args, training_args, records = parse_and_check(build_parser, argv, validate_args)
+    model_args, data_args, training_args, records, eval_records = parse_and_check(build_parser, argv, validate_args)
     attn_implementation = model_args.attn_implementation or attn_implementation
     _setup_logging(training_args)
     if data_args.packing:
@@ -305,7 +305,12 @@ def train(attn_implementation: str | None = None) -> None:
     from llava.train.dataset import make_supervised_data_module
     from llava.train.trainer import LLaVATrainer
 
-    data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args, records=records)
+    data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args, records=records,
+                                              eval_records=eval_records)
+    if data_module["eval_dataset"] is not None:
+        from llava.train.validation import check_eval_set
+
+        check_eval_set(data_module["eval_dataset"])
     if data_args.packing:
         from llava.model.packing import runs_per_sample
         from llava.train.packing import packed_data_module
@@ -322,12 +327,24 @@ def train(attn_implementation: str | None = None) -> None:
         logger.info("resuming from %s", resume)
         restore_skipped(data_module.get("train_dataset"), resume)
     trainer.train(resume_from_checkpoint=resume)
+    final_evaluation(trainer)
     trainer.save_state()
 
     model.config.use_cache = True
     trainer.save_model(training_args.output_dir)
     _report_skips(data_module.get("train_dataset"), training_args)
+    _report_skips(data_module.get("eval_dataset"), training_args, "validation set: ")
     _shutdown_distributed()
+
+
+def final_evaluation(trainer: Any) -> None:
+    """Evaluate once more at the end when the last step was not an eval step (the curve ends at the end)."""
+    if trainer.eval_dataset is None:
+        return
+    step = trainer.state.global_step
+    if any(entry.get("step") == step and "eval_loss" in entry for entry in trainer.state.log_history):
+        return
+    trainer.evaluate()
 
 
 def packed_attention_choice(attn_implementation: str | None) -> str:
@@ -402,7 +419,7 @@ def hard_exit_after_cpu_deepspeed(code: int = 0) -> None:
     os._exit(code)
 
 
-def _report_skips(dataset: Any, training_args: TrainingArguments) -> None:
+def _report_skips(dataset: Any, training_args: TrainingArguments, prefix: str = "") -> None:
     """The skip report over every rank (and every resumed run), printed once."""
     report_fn = getattr(dataset, "skip_report", None)
     if report_fn is None:
@@ -412,7 +429,7 @@ def _report_skips(dataset: Any, training_args: TrainingArguments) -> None:
         return
     report = report_fn()
     if report:
-        print(report, flush=True)
+        print(prefix + report, flush=True)
 
 
 if __name__ == "__main__":

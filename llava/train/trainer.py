@@ -13,6 +13,8 @@ What differs from ``transformers.Trainer`` (only public/overridable Trainer meth
   optimizer, scheduler, RNG and trainer state are still saved, so resuming works.
 * LoRA: every save (checkpoints included) also writes ``non_lora_trainables.bin`` and
   ``config.json``; resuming loads them back, so the projector survives a resume.
+* ``--eval_data_path``: validation loss, auxiliary terms and answer-token accuracy at each eval step,
+  training accuracy at each logging step (:mod:`llava.train.validation`).
 * Before any ``save_pretrained`` the model's ``generation_config`` is made self-consistent
   (:func:`llava.utils.generation_config.sanitize_generation_config`) and the changes are logged.
 """
@@ -31,6 +33,7 @@ from transformers import Trainer
 from llava.model.checkpoints import MM_PROJECTOR_FILE, NON_LORA_FILE, projector_tensors
 from llava.train.aux_loss_logging import AuxLossLoggingMixin
 from llava.train.throughput import ThroughputMixin
+from llava.train.validation import ValidationMixin
 from llava.utils.atomic import atomic_path, atomic_torch_save, atomic_write_json
 from llava.utils.generation_config import sanitize_generation_config
 from llava.utils.zero import gather_named, get_peft_state_non_lora_maybe_zero_3
@@ -89,7 +92,7 @@ def build_param_groups(
     return groups
 
 
-class LLaVATrainer(ThroughputMixin, AuxLossLoggingMixin, Trainer):
+class LLaVATrainer(ValidationMixin, ThroughputMixin, AuxLossLoggingMixin, Trainer):
     """Trainer with LLaVA's modality-grouped sampler, projector lr and projector/LoRA checkpoints."""
 
     # ---- data ----

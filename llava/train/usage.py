@@ -37,8 +37,11 @@ def only_rank_zero_stderr() -> Iterator[None]:
         yield
 
 
-def parse_and_check(build_parser: Any, argv: list[str], validate: Any) -> tuple[Any, Any, Any, list[Any]]:
-    """``(model_args, data_args, training_args, records)``: flags parsed and validated, the data file read.
+def parse_and_check(build_parser: Any, argv: list[str],
+                    validate: Any) -> tuple[Any, Any, Any, list[Any], list[Any] | None]:
+    """``(model_args, data_args, training_args, records, eval_records)``: flags parsed and validated, the
+    data files read (``eval_records`` is None without ``--eval_data_path``); bad samples are refused in both
+    files alike.
 
     ``build_parser(argv)`` may fail on ``--mm_addon_modules``; ``validate(model_args, data_args,
     training_args)`` raises ``ValueError`` naming the flag; those, and an unreadable data file, become
@@ -55,11 +58,15 @@ def parse_and_check(build_parser: Any, argv: list[str], validate: Any) -> tuple[
     try:
         validate(model_args, data_args, training_args)
         records = load_data_file(data_args.data_path)
+        eval_path = getattr(data_args, "eval_data_path", None)
+        eval_records = load_data_file(eval_path) if eval_path else None
     except ValueError as err:  # DataFileError and UnicodeDecodeError are ValueErrors too
         fail(str(err))
     if not data_args.skip_bad_samples:
         check_structure(records, data_args.data_path)
-    return model_args, data_args, training_args, records
+        if eval_records is not None:
+            check_structure(eval_records, eval_path)
+    return model_args, data_args, training_args, records, eval_records
 
 
 def check_structure(records: list[Any], data_path: str) -> None:

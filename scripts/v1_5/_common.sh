@@ -11,6 +11,8 @@
 #                   (and HOSTFILE) a single-node run takes a free port instead of DeepSpeed's 29500
 #   LAUNCHER        default "deepspeed"
 #   SEED            --seed (default 42, the Trainer's): modules, data order and dropout follow it
+#   EVAL_DATA_PATH  validation data (LLaVA JSON): --eval_data_path, evaluated every EVAL_STEPS steps
+#                   (default 100) and at the end; EVAL_IMAGE_FOLDER (default IMAGE_FOLDER) its images
 #   PACKING=True    --packing True: samples packed into rows of MODEL_MAX_LENGTH tokens (each attends only
 #                   to itself); BATCH_SIZE then counts rows (packs), not samples
 set -euo pipefail
@@ -46,7 +48,11 @@ export PYTHONPATH="${REPO_ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
 # llava_launch FLAG... : run llava/train/train_mem.py under the launcher with the shared flags,
 # then the stage's flags, then whatever the user passed to the stage script (last one wins).
 llava_launch() {
-    local -a launcher_args=() precision_args=()
+    local -a launcher_args=() precision_args=() eval_args=(--eval_strategy no)
+    if [[ -n "${EVAL_DATA_PATH:-}" ]]; then
+        eval_args=(--eval_strategy steps --eval_steps "${EVAL_STEPS:-100}" --eval_data_path "${EVAL_DATA_PATH}"
+            --eval_image_folder "${EVAL_IMAGE_FOLDER:-${IMAGE_FOLDER}}")
+    fi
     if [[ "${DEVICE}" == "cpu" ]]; then
         export DS_ACCELERATOR=cpu
         : "${NUM_GPUS:=1}"
@@ -82,7 +88,7 @@ llava_launch() {
         --per_device_train_batch_size "${BATCH_SIZE}"
         --per_device_eval_batch_size "${EVAL_BATCH_SIZE}"
         --gradient_accumulation_steps "${GRAD_ACCUM}"
-        --eval_strategy no
+        "${eval_args[@]}"
         --save_strategy steps
         --save_steps "${SAVE_STEPS}"
         --save_total_limit "${SAVE_TOTAL_LIMIT}"

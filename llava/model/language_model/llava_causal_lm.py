@@ -68,20 +68,25 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
         images: torch.Tensor | list[torch.Tensor] | None = None,
         image_sizes: Any = None,
         packed_seq_ids: torch.LongTensor | None = None,
+        return_labels: bool = False,
         **kwargs: Any,
     ) -> Any:
         """Upstream's forward; ``packed_seq_ids`` (B, L) marks the samples of a packed batch
-        (:mod:`llava.model.packing`: 0 on padding, k on the k-th sample of a row)."""
+        (:mod:`llava.model.packing`: 0 on padding, k on the k-th sample of a row). ``return_labels``:
+        the output also carries ``llava_labels``, the labels aligned with the logits (images spliced in,
+        packing boundaries masked), from which answer-token accuracy is counted."""
         aux: dict[str, torch.Tensor] = {}
         tower = self.get_vision_tower() if inputs_embeds is None and input_ids is not None else None
-        # A text-only training batch runs one blank image through the same path as an image batch
-        # (zero weight), so every rank builds the same graph: required by ZeRO-3 and DDP.
-        text_only_training = images is None and tower is not None and self.training and tower.is_loaded
-        if tower is not None and (images is not None or text_only_training):
+        # A text-only batch with labels (training, or validation) runs one blank image through the same
+        # path as an image batch (zero weight), so every rank builds the same graph: required by ZeRO-3
+        # (its parameter gathers are collective) and DDP.
+        blank_image_pass = (images is None and tower is not None and tower.is_loaded
+                            and (self.training or labels is not None))
+        if tower is not None and (images is not None or blank_image_pass):
             res = self.prepare_multimodal_splice(
                 input_ids, attention_mask, labels,
-                self.blank_images(input_ids.device) if text_only_training else images, image_sizes,
-                unused_images=text_only_training, segments=packed_seq_ids)
+                self.blank_images(input_ids.device) if blank_image_pass else images, image_sizes,
+                unused_images=blank_image_pass, segments=packed_seq_ids)
             input_ids, inputs_embeds = None, res.inputs_embeds
             attention_mask, position_ids, labels = res.attention_mask, res.position_ids, res.labels
             packed_seq_ids = res.segments
@@ -107,7 +112,9 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
             # weighting). Text-only training batches carry the same terms at weight 0 (same graph on
             # every rank); aux_from_images tells the trainer not to log them.
             out["aux_losses"] = aux
-            out["aux_from_images"] = not text_only_training
+            out["aux_from_images"] = not blank_image_pass
+        if return_labels:
+            out["llava_labels"] = labels
         return out
 
     def _packed_inputs(self, segments: torch.Tensor, position_ids: torch.Tensor | None, labels: torch.Tensor | None,
