@@ -218,3 +218,27 @@ def test_stage_script_without_eval_data_keeps_eval_off(tmp_path):
     env["EVAL_DATA_PATH"] = "val.json"
     res = subprocess.run(["bash", str(REPO / "scripts/v1_5/pretrain.sh")], env=env, capture_output=True, text=True)
     assert "--eval_strategy steps --eval_steps 100 --eval_data_path val.json" in res.stderr, res.stderr
+
+
+def test_evaluating_leaves_training_untouched(tiny_llama, tiny_clip, tmp_path, monkeypatch):
+    """Same seed with and without --eval_data_path: bit-identical projector (eval draws no random numbers,
+    changes no state the training sees)."""
+    from llava.train.train import train
+
+    data = write_shapes_dataset(tmp_path / "data", n=6, text_only=2)
+    base = ["train.py", "--model_name_or_path", tiny_llama, "--vision_tower", tiny_clip, "--version", "v1",
+            "--tune_mm_mlp_adapter", "True", "--mm_use_im_patch_token", "False", "--data_path", data.finetune_json,
+            "--image_folder", data.image_folder, "--use_cpu", "True", "--per_device_train_batch_size", "2",
+            "--max_steps", "3", "--learning_rate", "1e-2", "--save_strategy", "no", "--dataloader_num_workers", "0",
+            "--model_max_length", "256", "--logging_steps", "1", "--report_to", "none", "--seed", "3"]
+    runs = {"plain": [], "eval": ["--eval_data_path", data.finetune_json, "--eval_strategy", "steps",
+                                  "--eval_steps", "1"]}
+    weights = {}
+    for name, extra in runs.items():
+        monkeypatch.setattr(sys, "argv", [*base, "--output_dir", str(tmp_path / name), *extra])
+        train()
+        weights[name] = torch.load(tmp_path / name / "mm_projector.bin", weights_only=True)
+    assert len(eval_entries(tmp_path / "eval")) == 3 and not (tmp_path / "plain" / "trainer_state.json").read_text() \
+        .count("eval_loss")
+    assert weights["plain"].keys() == weights["eval"].keys()
+    assert all(torch.equal(weights["plain"][k], weights["eval"][k]) for k in weights["plain"])
