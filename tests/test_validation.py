@@ -180,9 +180,10 @@ def test_eval_accuracy_equals_the_hand_count(tiny_llama, tiny_clip, llama_tokeni
 
 
 @pytest.mark.slow
-def test_eval_under_two_process_zero3_with_packing(tiny_llama, tiny_clip, llama_tokenizer, tmp_path):
-    """pretrain.sh with EVAL_DATA_PATH: 2 CPU processes, ZeRO-3, packing; 5 eval samples over 2 ranks (the
-    Trainer pads the last batch with duplicates, which must not be counted)."""
+@pytest.mark.parametrize(("zero", "packing"), [("zero2", "False"), ("zero3", "True")])
+def test_eval_under_two_process_deepspeed(zero, packing, tiny_llama, tiny_clip, llama_tokenizer, tmp_path):
+    """pretrain.sh with EVAL_DATA_PATH: 2 CPU processes, ZeRO-2 padded / ZeRO-3 packed; 5 eval samples over
+    2 ranks (the Trainer pads the last batch with duplicates, which must not be counted)."""
     from e2e_helpers import _run
 
     model = copy_model(tiny_llama, tmp_path / "copy")
@@ -194,7 +195,7 @@ def test_eval_under_two_process_zero3_with_packing(tiny_llama, tiny_clip, llama_
     out = tmp_path / "out"
     log = _run("pretrain.sh", tmp_path / "pretrain.log", "--version", "v1", MODEL_NAME=model,
                VISION_TOWER=tiny_clip, DATA_PATH=data.finetune_json, IMAGE_FOLDER=data.image_folder,
-               OUTPUT_DIR=out, DS_CONFIG=REPO / "scripts" / "zero3.json", PACKING="True", MAX_STEPS=2,
+               OUTPUT_DIR=out, DS_CONFIG=REPO / "scripts" / f"{zero}.json", PACKING=packing, MAX_STEPS=2,
                SAVE_STEPS=100, BATCH_SIZE=1, EVAL_DATA_PATH=tmp_path / "eval.json", EVAL_STEPS=1,
                EVAL_BATCH_SIZE=2, LR=1e-2)
     entries = eval_entries(out)
