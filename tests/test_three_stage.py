@@ -2,8 +2,8 @@
 
 Fast tests check the plan (commands, env, folders, what each stage starts from) through a fake runner,
 the SLAKE/table converters on hand-written records, fold splitting by image, mean/std on constructed fold
-results, and the probe on synthetic features and on tiny checkpoints. The slow test runs
-``scripts/three_stage.sh`` with ``STAGES=1,2,3`` on tiny models in CPU mode.
+results, and the probe on synthetic features and on tiny checkpoints (reruns, chains and curves:
+``test_three_stage_reruns``; the real scripts on tiny models: ``test_three_stage_e2e``).
 """
 
 from __future__ import annotations
@@ -59,12 +59,35 @@ def _env(tmp_path: Path, **kw: str) -> dict[str, str]:
     return env
 
 
+def fake_trainer_state(env: dict[str, str]) -> dict:
+    """A ``trainer_state.json`` as train() leaves it: a training entry per step (loss, accuracy), with
+    ``EVAL_DATA_PATH`` an eval entry every ``EVAL_STEPS`` steps and at the final step."""
+    steps = int(env.get("MAX_STEPS", "4"))
+    steps = steps if steps > 0 else 4
+    lr = float(env.get("LR", "1e-3"))
+    every = int(env["EVAL_STEPS"]) if env.get("EVAL_DATA_PATH") else 0
+    history: list[dict] = []
+    for s in range(1, steps + 1):
+        history.append({"loss": 2.0 / s + lr, "accuracy": s / (steps + 1), "learning_rate": lr, "step": s,
+                        "epoch": s / steps})
+        if every and (s % every == 0 or s == steps):
+            history.append({"eval_loss": 3.0 / s + lr, "eval_accuracy": s / (2 * steps), "eval_tokens": 10,
+                            "step": s, "epoch": s / steps})
+    history.append({"train_loss": 1.0, "train_runtime": 0.1, "step": steps, "epoch": 1.0})
+    return {"global_step": steps, "max_steps": steps, "log_history": history}
+
+
 class FakeRunner:
-    """Records every command and writes the files the real stage / eval would write."""
+    """Records every command and writes the files the real stage / eval would write (a stage: its output
+    marker and ``trainer_state.json``)."""
 
     def __init__(self, answer: str = "MRI") -> None:
         self.calls: list[tuple[list[str], dict[str, str]]] = []
         self.answer = answer
+
+    def stage_dirs(self) -> list[str]:
+        """Folder names of the stages run, in order."""
+        return [Path(env["OUTPUT_DIR"]).parent.name for _, env in self.calls if "OUTPUT_DIR" in env]
 
     def __call__(self, cmd: list[str], env: dict[str, str], log: Path) -> int:
         self.calls.append((cmd, dict(env)))
@@ -75,6 +98,7 @@ class FakeRunner:
             out.mkdir(parents=True, exist_ok=True)
             name = "mm_projector.bin" if Path(cmd[1]).name == "pretrain.sh" else "config.json"
             (out / name).write_text("x")
+            (out / "trainer_state.json").write_text(json.dumps(fake_trainer_state(env)))
         else:
             qfile, afile = cmd[cmd.index("--question-file") + 1], cmd[cmd.index("--answers-file") + 1]
             qs = [json.loads(line) for line in Path(qfile).read_text().splitlines()]
@@ -82,6 +106,15 @@ class FakeRunner:
             Path(afile).write_text("".join(json.dumps({"question_id": q["question_id"], "text": self.answer}) + "\n"
                                            for q in qs))
         return 0
+
+
+def _assert_plan_matches_folders(root: Path) -> dict:
+    """Every plan.json entry of every chain equals the record in its stage folder."""
+    state = json.loads((root / "plan.json").read_text())
+    for folders in state["chains"].values():
+        for f in folders:
+            assert state["stages"][f] == json.loads((root / f / "stage.json").read_text()), f
+    return state
 
 
 def test_plan_123_chains_projectors(tmp_path):
@@ -97,8 +130,10 @@ def test_plan_123_chains_projectors(tmp_path):
     assert s2.args[:2] == ["--pretrain_mm_mlp_adapter", s2.init_from]
     assert s2.args[2:] == ["--version", "v1", "--normalize_projector", "True"]
     assert s2.env["DATA_PATH"] == "/d/slake.json" and "MAX_STEPS" not in s2.env
-    assert s3.env["PRETRAIN_MM_MLP_ADAPTER"] == str(root / "stage2" / "model" / "mm_projector.bin")
+    assert s2.stage_dir == str(root / "stage1-2") and s3.stage_dir == str(root / "stage1-2-3")
+    assert s3.env["PRETRAIN_MM_MLP_ADAPTER"] == str(root / "stage1-2" / "model" / "mm_projector.bin")
     assert s3.env["LR"] == "2e-5" and s3.env["MODEL_NAME"] == "/m/llm"
+    assert "EVAL_DATA_PATH" not in s3.env  # no validation data set
     assert s3.args == ["--normalize_projector", "True"]
     assert (s1.eval_base, s3.eval_base) == ("/m/llm", None)
 
@@ -106,6 +141,7 @@ def test_plan_123_chains_projectors(tmp_path):
 def test_plan_23_starts_fresh_or_from_init(tmp_path):
     s2, s3 = build_plan(config_from_env(_env(tmp_path, STAGES="2,3")))
     assert s2.init_from is None and "--pretrain_mm_mlp_adapter" not in s2.args
+    assert (Path(s2.stage_dir).name, Path(s3.stage_dir).name) == ("stage2", "stage2-3")  # not stage1-2
     assert s3.init_from == s2.projector
     s2b, _ = build_plan(config_from_env(_env(tmp_path, STAGES="2,3", INIT_PROJECTOR="/p/proj.bin")))
     assert s2b.init_from == "/p/proj.bin"
@@ -140,18 +176,27 @@ def test_run_plan_fake_runner_writes_folders_evals_and_skips_done(tmp_path):
     results = run_plan(cfg, fake, log=lambda _: None)
     assert len(fake.calls) == 6  # 3 stages + 3 evals
     root = tmp_path / "run"
-    for n in (1, 2, 3):
-        assert (root / f"stage{n}" / "stage.json").exists()
-        assert json.loads((root / f"stage{n}" / "eval" / "metrics.json").read_text())["accuracy"]["overall"] == 100.0
+    folders = ("stage1", "stage1-2", "stage1-2-3")
+    for f in folders:
+        assert (root / f / "stage.json").exists() and not (root / f / "started.json").exists()
+        assert json.loads((root / f / "eval" / "metrics.json").read_text())["accuracy"]["overall"] == 100.0
     assert results[3]["accuracy"]["OPEN"] == 100.0
     eval_cmd = fake.calls[1][0]
     assert eval_cmd[eval_cmd.index("--model-base") + 1] == "/m/llm" and "--device" in eval_cmd
     assert "--model-base" not in fake.calls[5][0]  # stage 3 is a full model
-    assert json.loads((root / "plan.json").read_text())[1]["init_from"].endswith("stage1/model/mm_projector.bin")
-    assert "| 3 instruction_tuning |" in (root / "summary.md").read_text()
+    state = _assert_plan_matches_folders(root)  # plan.json describes exactly what the folders hold
+    assert state["chains"] == {"1-2-3": list(folders)}
+    assert state["stages"]["stage1-2"]["init_from"].endswith("stage1/model/mm_projector.bin")
+    settings = state["stages"]["stage1-2-3"]["settings"]
+    assert settings["env"]["LR"] == "2e-5" and settings["env"]["DEVICE"] == "cpu"
+    assert settings["script"] == "finetune.sh"
+    assert "| 1-2-3 | 3 instruction_tuning | stage1-2-3 |" in (root / "summary.md").read_text()
     fake2 = FakeRunner()
-    run_plan(cfg, fake2, log=lambda _: None)
-    assert fake2.calls == []  # all finished: nothing reruns
+    logs: list[str] = []
+    run_plan(cfg, fake2, log=logs.append)
+    assert fake2.calls == []  # all finished with the same settings: nothing reruns
+    assert sum("already finished" in line and "skipping" in line for line in logs) == 3
+    assert json.loads((root / "plan.json").read_text()) == state
 
 
 # ---------------------------------------------------------------- converters
@@ -261,7 +306,7 @@ def test_mean_std_and_aggregate_on_constructed_results():
     agg = kfold.aggregate([{"accuracy/overall": 50.0, "accuracy/OPEN": 40.0}, {"accuracy/overall": 70.0},
                            {"accuracy/overall": 60.0, "accuracy/OPEN": 20.0}])
     assert agg["accuracy/overall"]["mean"] == 60.0 and agg["accuracy/overall"]["std"] == pytest.approx(10.0)
-    assert agg["accuracy/OPEN"] == {"values": [40.0, 20.0], "mean": 30.0, "std": pytest.approx(math.sqrt(200))}
+    assert agg["accuracy/OPEN"] == {"values": [40.0, 20.0], "n": 2, "mean": 30.0, "std": pytest.approx(math.sqrt(200))}
     md = kfold.report_markdown({"1-2-3": agg}, 3)
     assert "| accuracy/overall | 60.00 ± 10.00 |" in md
 
@@ -276,14 +321,24 @@ def test_run_kfold_fake_runner_shares_stage1_and_reports(tmp_path):
     stage_calls = [env for _, env in fake.calls if "OUTPUT_DIR" in env]
     assert sum(e["DATA_PATH"] == "/d/general.json" for e in stage_calls) == 1  # stage 1 once, shared
     shared = str((tmp_path / "kf" / "shared_stage1" / "stage1" / "model" / "mm_projector.bin").resolve())
-    fold0_123 = [c for c, e in fake.calls if e.get("OUTPUT_DIR", "").endswith("fold0/1-2-3/stage2/model")][0]
+    fold0_123 = [c for c, e in fake.calls if e.get("OUTPUT_DIR", "").endswith("fold0/stage1-2/model")][0]
     assert fold0_123[fold0_123.index("--pretrain_mm_mlp_adapter") + 1] == shared
-    fold0_23 = [c for c, e in fake.calls if e.get("OUTPUT_DIR", "").endswith("fold0/2-3/stage2/model")][0]
+    fold0_23 = [c for c, e in fake.calls if e.get("OUTPUT_DIR", "").endswith("fold0/stage2/model")][0]
     assert "--pretrain_mm_mlp_adapter" not in fold0_23
     assert all(e["DATA_PATH"].endswith("train.json") for e in stage_calls[1:])
-    assert report["results"]["2-3"]["accuracy/overall"] == {"values": [100.0] * 3, "mean": 100.0, "std": 0.0}
+    # the domain stages validate on the held-out fold
+    assert all(e["EVAL_DATA_PATH"].endswith("test.json") and e["EVAL_IMAGE_FOLDER"] == "/imgs"
+               for e in stage_calls[1:])
+    assert "EVAL_DATA_PATH" not in stage_calls[0]
+    assert report["results"]["2-3"]["accuracy/overall"] == {"values": [100.0] * 3, "n": 3, "mean": 100.0, "std": 0.0}
+    # fake stages: MAX_STEPS 4 (stages 2, 3), EVAL_STEPS 100 -> one eval entry at step 4: 3/4 + LR, accuracy 0.5
+    assert report["results"]["1-2-3"]["stage3/eval_loss"]["values"] == [pytest.approx(0.75 + 2e-5)] * 3
+    assert report["results"]["2-3"]["stage2/eval_accuracy"]["mean"] == 0.5
     assert (tmp_path / "kf" / "kfold.png").stat().st_size > 0
-    assert "1-2-3 (mean ± std)" in (tmp_path / "kf" / "kfold.md").read_text()
+    assert (tmp_path / "kf" / "kfold_stages.png").stat().st_size > 0
+    md = (tmp_path / "kf" / "kfold.md").read_text()
+    assert "1-2-3 (mean ± std)" in md and "| stage2/eval_loss |" in md
+    assert (tmp_path / "kf" / "fold0" / "chains.png").exists()  # each fold's summary compares 1-2-3 and 2-3
 
 
 # ---------------------------------------------------------------- probe
@@ -350,69 +405,3 @@ def test_probe_detects_position_lost_by_compression(tmp_path, tiny_llama, tiny_c
         assert position[(ckpt, "pre/tokens")] > 0.9  # the tower sees position in both
     assert position[("full", "post/tokens")] > 0.9
     assert position[("pooled1", "post/tokens")] < position[("full", "post/tokens")] - 0.4
-
-
-# ---------------------------------------------------------------- slow end to end
-
-
-def _domain_data(tmp_path: Path):
-    """Shapes images; general captions for stage 1; the first QA turn of each image as a question table
-    converted with convert_table (domain data + eval files for 4 questions)."""
-    from helpers_data import write_shapes_dataset
-
-    data = write_shapes_dataset(tmp_path / "data", n=12, text_only=0)
-    table = tmp_path / "domain.jsonl"
-    rows = [{"q": c["conversations"][0]["value"].replace("<image>", "").strip(), "a": c["conversations"][1]["value"],
-             "image": c["image"], "id": c["id"], "kind": "shape"}
-            for c in json.loads(Path(data.finetune_json).read_text())]
-    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    domain, qs, ans = tmp_path / "domain.json", tmp_path / "q.jsonl", tmp_path / "a.jsonl"
-    table_main(["--input", str(table), "--output", str(domain), "--question-col", "q", "--answer-col", "a",
-                "--id-col", "id", "--category-col", "kind", "--questions-out", str(qs), "--answers-out", str(ans)])
-    for f in (qs, ans):  # evaluate on 4 questions
-        f.write_text("".join(f.read_text().splitlines(keepends=True)[:4]))
-    return data, domain, qs, ans
-
-
-@pytest.mark.slow
-def test_three_stage_sh_123_on_tiny_models(tmp_path, tiny_llama, tiny_clip):
-    from e2e_helpers import _run
-
-    data, domain, qs, ans = _domain_data(tmp_path)
-    root = tmp_path / "run"
-    _run("scripts/three_stage.sh", tmp_path / "three_stage.log", "--normalize_projector", "True",
-         STAGES="1,2,3", OUTPUT_ROOT=root, MODEL_NAME=tiny_llama, VISION_TOWER=tiny_clip,
-         STAGE1_DATA=data.pretrain_json, STAGE1_IMAGES=data.image_folder, DOMAIN_DATA=domain,
-         DOMAIN_IMAGES=data.image_folder, NUM_GPUS=1, MAX_STEPS=2, SAVE_STEPS=100, LR=1e-3,
-         EVAL_QUESTIONS=qs, EVAL_ANSWERS=ans, EVAL_MAX_NEW_TOKENS=3, EVAL_BATCH_SIZE=4)
-    s1, s2 = (torch.load(root / f"stage{n}" / "model" / "mm_projector.bin", weights_only=True) for n in (1, 2))
-    key = "model.mm_projector.0.weight"
-    assert not torch.equal(s1[key], s2[key])  # stage 2 trained on from stage 1's projector
-    plan = json.loads((root / "plan.json").read_text())
-    assert plan[1]["init_from"] == str((root / "stage1" / "model" / "mm_projector.bin").resolve())
-    assert plan[2]["env"]["PRETRAIN_MM_MLP_ADAPTER"] == str((root / "stage2" / "model" / "mm_projector.bin").resolve())
-    assert (root / "stage3" / "model" / "model.safetensors").exists()
-    assert "--normalize_projector True" in (root / "stage3" / "train.log").read_text()
-    for n in (1, 2, 3):
-        metrics = json.loads((root / f"stage{n}" / "eval" / "metrics.json").read_text())
-        assert metrics["count"]["overall"] == 4 and metrics["missing"] == 0
-    log2 = (root / "stage2" / "train.log").read_text()
-    assert str(root.resolve() / "stage1" / "model" / "mm_projector.bin") in log2
-
-
-@pytest.mark.slow
-def test_three_stage_sh_23_on_tiny_models(tmp_path, tiny_llama, tiny_clip):
-    from e2e_helpers import _run
-
-    data, domain, _, _ = _domain_data(tmp_path)
-    root = tmp_path / "run"
-    _run("scripts/three_stage.sh", tmp_path / "three_stage.log", STAGES="2,3", OUTPUT_ROOT=root,
-         MODEL_NAME=tiny_llama, VISION_TOWER=tiny_clip, DOMAIN_DATA=domain, DOMAIN_IMAGES=data.image_folder,
-         NUM_GPUS=1, MAX_STEPS=1, SAVE_STEPS=100, LR=1e-3)
-    assert not (root / "stage1").exists()
-    assert (root / "stage2" / "model" / "mm_projector.bin").exists()
-    assert (root / "stage3" / "model" / "model.safetensors").exists()
-    log2 = (root / "stage2" / "train.log").read_text()
-    launch = [ln for ln in log2.splitlines() if ln.startswith("[llava] deepspeed")]
-    assert len(launch) == 1 and "--pretrain_mm_mlp_adapter" not in launch[0]  # stage 2 starts fresh
-    assert str(root.resolve() / "stage2" / "model" / "mm_projector.bin") in (root / "stage3" / "train.log").read_text()

@@ -7,15 +7,19 @@ The domain dataset (LLaVA JSON, e.g. from :mod:`llava.data.convert_slake`) is sp
 image: every record of one image lands in the same fold, so no held-out image is seen in training.
 Text-only records stay in every training split. For each fold and each ``--stages`` configuration the
 three-stage workflow (:mod:`llava.workflows.three_stage`, settings from the environment as there) trains
-the domain stages (``--domain-stages``, default 2,3) on the other folds and evaluates the last stage on the
+the domain stages (``--domain-stages``, default 2,3) on the other folds, validates them during training on
+the held-out fold (``EVAL_DATA_PATH`` = the fold's ``test.json``) and evaluates the last stage on the
 held-out fold (one question per turn, exact match per ``category``). Stage 1 does not depend on the fold,
 so it runs once (``shared_stage1/``) and every fold of a configuration that includes it starts from its
 projector. All configurations use the same folds, so their differences are paired.
 
 Written under ``--output-dir``: ``folds.json`` (image -> fold), ``fold{i}/{train.json,test.json,
-test_questions.jsonl,test_answers.jsonl}``, ``fold{i}/<config>/stageN/...`` (the workflow's folders), and
-the report ``kfold.md`` / ``kfold.json`` / ``kfold.png``: per metric, each fold's value and mean ± std
-(sample std, ddof=1) per configuration.
+test_questions.jsonl,test_answers.jsonl}``, the workflow's folders of every configuration in
+``fold{i}/`` (``stage1-2``, ``stage1-2-3`` for 1-2-3 on the shared stage 1, ``stage2``, ``stage2-3`` for
+2-3; with ``plan.json`` and a ``summary.md`` comparing them), and the report ``kfold.md`` / ``kfold.json``
+/ ``kfold.png`` / ``kfold_stages.png``: per metric, each fold's value and mean ± std (sample std, ddof=1,
+over the n folds) per configuration: the held-out exact match of the last stage, and per stage the final
+validation ``eval_loss`` / ``eval_accuracy`` (the last evaluation entry of the stage's training run).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from llava.data.convert_table import eval_rows, write_json, write_jsonl
+from llava.workflows.curves import final_eval
 from llava.workflows.three_stage import (
     EvalConfig,
     Runner,
@@ -91,18 +96,33 @@ def config_label(stages: Sequence[int]) -> str:
 
 
 def fold_config(base: WorkflowConfig, stages: Sequence[int], domain_stages: Sequence[int], paths: Mapping[str, str],
-                image_folder: str, out: Path, init_projector: str | None) -> WorkflowConfig:
+                image_folder: str, out: Path, init_projector: str | None,
+                after: Sequence[int] = ()) -> WorkflowConfig:
     """The workflow config of one (fold, configuration): domain stages train on the fold's training split and
-    the last stage is evaluated on its held-out split."""
+    validate on its held-out split, the last stage is evaluated on the held-out split; ``after`` names the
+    stages the ``init_projector`` comes from (folder names)."""
     configs: list[StageConfig] = []
     for sc in base.stage_configs:
         if sc.number in domain_stages:
-            sc = replace(sc, data_path=paths["train"], image_folder=image_folder)
+            sc = replace(sc, data_path=paths["train"], image_folder=image_folder, eval_data=paths["test"],
+                         eval_images=image_folder)
         configs.append(sc)
     ev = base.eval or EvalConfig(paths["questions"], paths["answers"], image_folder)
     ev = replace(ev, questions=paths["questions"], answers=paths["answers"], image_folder=image_folder)
     return replace(base, stages=tuple(stages), output_root=str(out), stage_configs=tuple(configs), eval=ev,
-                   eval_stages=(stages[-1],), init_projector=init_projector or base.init_projector)
+                   eval_stages=(stages[-1],), init_projector=init_projector or base.init_projector,
+                   after=tuple(after))
+
+
+def stage_metrics(cfg: WorkflowConfig) -> dict[str, float]:
+    """``{"stage<N>/eval_loss": ..., "stage<N>/eval_accuracy": ...}``: each stage's final validation entry."""
+    out: dict[str, float] = {}
+    for step in build_plan(cfg):
+        last = final_eval(step.output_dir) or {}
+        for key in ("eval_loss", "eval_accuracy"):
+            if isinstance(last.get(key), (int, float)):
+                out[f"stage{step.stage}/{key}"] = float(last[key])
+    return out
 
 
 def flatten_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -123,58 +143,106 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def aggregate(per_fold: Sequence[Mapping[str, float]]) -> dict[str, dict[str, Any]]:
-    """``{metric: {"values": [...], "mean", "std"}}`` over folds (a metric missing in a fold is left out there)."""
+    """``{metric: {"values": [...], "n", "mean", "std"}}`` over folds (a metric missing in a fold is left out
+    there; ``n`` counts the folds that have it)."""
     names = sorted({m for fold in per_fold for m in fold})
     out = {}
     for name in names:
         values = [fold[name] for fold in per_fold if name in fold]
         m, s = mean_std(values)
-        out[name] = {"values": values, "mean": m, "std": s}
+        out[name] = {"values": values, "n": len(values), "mean": m, "std": s}
     return out
 
 
-def report_markdown(results: Mapping[str, Mapping[str, Mapping[str, Any]]], k: int) -> str:
-    """Markdown table: one row per metric, one ``mean ± std`` column per configuration, then the fold values."""
+def is_stage_metric(name: str) -> bool:
+    """``stage2/eval_loss`` and the like (validation per stage), not held-out exact match."""
+    return name.startswith("stage")
+
+
+def _table(results: Mapping[str, Mapping[str, Mapping[str, Any]]], metrics: Sequence[str], fmt: str) -> list[str]:
     labels = list(results)
-    metrics = sorted({m for r in results.values() for m in r}, key=lambda m: (m.startswith("majority"), m))
-    head = "| metric | " + " | ".join(f"{lab} (mean ± std)" for lab in labels) + " | per fold |"
-    lines = [f"K-fold results ({k} folds, split by image; accuracy in %, sample std).", "", head,
-             "|---" * (len(labels) + 2) + "|"]
+    lines = ["| metric | " + " | ".join(f"{lab} (mean ± std)" for lab in labels) + " | n | per fold |",
+             "|---" * (len(labels) + 3) + "|"]
     for m in metrics:
-        cells, folds = [], []
+        cells, folds, ns = [], [], set()
         for lab in labels:
             agg = results[lab].get(m)
-            cells.append(f"{agg['mean']:.2f} ± {agg['std']:.2f}" if agg else "-")
+            cells.append(f"{agg['mean']:{fmt}} ± {agg['std']:{fmt}}" if agg else "-")
             if agg:
-                folds.append(f"{lab}: " + ", ".join(f"{v:.1f}" for v in agg["values"]))
-        lines.append(f"| {m} | " + " | ".join(cells) + " | " + "; ".join(folds) + " |")
-    return "\n".join(lines) + "\n"
+                ns.add(str(agg.get("n", len(agg["values"]))))
+                folds.append(f"{lab}: " + ", ".join(f"{v:{fmt}}" for v in agg["values"]))
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {'/'.join(sorted(ns))} | " + "; ".join(folds) + " |")
+    return lines
 
 
-def plot(results: Mapping[str, Mapping[str, Mapping[str, Any]]], path: Path) -> None:
-    """Grouped bar chart: metric on x, one bar per configuration, fold std as error bars."""
-    import matplotlib
+def report_markdown(results: Mapping[str, Mapping[str, Mapping[str, Any]]], k: int) -> str:
+    """Markdown: held-out exact match (one row per metric, one ``mean ± std`` column per configuration, then
+    the fold values), then the final validation loss/accuracy per stage in the same form."""
+    names = {m for r in results.values() for m in r}
+    exact = sorted((m for m in names if not is_stage_metric(m)), key=lambda m: (m.startswith("majority"), m))
+    stages = sorted(m for m in names if is_stage_metric(m))
+    lines = [f"K-fold results ({k} folds, split by image; mean ± sample std (ddof=1) over the n folds).", ""]
+    if exact:
+        lines += ["Held-out exact match of the last stage (accuracy in %):", "", *_table(results, exact, ".2f"), ""]
+    if stages:
+        lines += ["Validation per stage: the final `eval_loss` / `eval_accuracy` (answer-token accuracy, 0..1) of "
+                  "each stage's training run, on the held-out fold:", "", *_table(results, stages, ".4f"), ""]
+    return "\n".join(lines)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def _bars(ax: Any, results: Mapping[str, Mapping[str, Mapping[str, Any]]], metrics: Sequence[str],
+          ticks: Sequence[str]) -> None:
     labels = list(results)
-    metrics = sorted({m for r in results.values() for m in r})
     width = 0.8 / max(1, len(labels))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(metrics) * max(1, len(labels))), 3.5))
     for j, lab in enumerate(labels):
         xs = [i + j * width for i in range(len(metrics))]
         means = [results[lab].get(m, {}).get("mean", float("nan")) for m in metrics]
         stds = [results[lab].get(m, {}).get("std", 0.0) for m in metrics]
         ax.bar(xs, means, width, yerr=stds, capsize=3, label=lab)
-    ax.set_xticks([i + width * (len(labels) - 1) / 2 for i in range(len(metrics))], metrics, rotation=20,
+    ax.set_xticks([i + width * (len(labels) - 1) / 2 for i in range(len(metrics))], ticks, rotation=20,
                   ha="right", fontsize=8)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("k-fold mean ± std")
     ax.legend(fontsize=8)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot(results: Mapping[str, Mapping[str, Mapping[str, Any]]], path: Path, k: int | None = None) -> None:
+    """Grouped bar chart of the held-out exact-match metrics: one bar per configuration, fold std as error
+    bars."""
+    plt = _pyplot()
+    metrics = sorted({m for r in results.values() for m in r if not is_stage_metric(m)})
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(metrics) * max(1, len(results))), 3.5))
+    _bars(ax, results, metrics, metrics)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("k-fold mean ± std" + (f" over {k} folds" if k else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_stages(results: Mapping[str, Mapping[str, Mapping[str, Any]]], path: Path, k: int) -> bool:
+    """Final validation loss and accuracy per stage: bars per configuration, fold std as error bars; ``False``
+    (nothing drawn) when no stage was validated."""
+    names = sorted({m for r in results.values() for m in r if is_stage_metric(m)})
+    if not names:
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, key in zip(axes, ("eval_loss", "eval_accuracy")):
+        metrics = [m for m in names if m.endswith("/" + key)]
+        _bars(ax, results, metrics, [m.split("/")[0] for m in metrics])
+        ax.set_title(f"final {key} per stage, mean ± std over {k} folds", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def run_kfold(data: str, image_folder: str, k: int, output_dir: str, configs: Sequence[Sequence[int]],
@@ -188,7 +256,7 @@ def run_kfold(data: str, image_folder: str, k: int, output_dir: str, configs: Se
         raise FileNotFoundError(f"--data {data!r} does not exist (a LLaVA-format JSON list)")
     records = json.loads(path.read_text())
     folds = split_by_image(records, k, seed)
-    out = Path(output_dir)
+    out = Path(output_dir).resolve()  # the stages run from the repo root: absolute fold paths
     write_json(out / "folds.json", {str(records[j]["image"]): i for i, f in enumerate(folds) for j in f})
     shared: dict[str, str | None] = {"projector": None}
     if any(1 in c for c in configs) and 1 not in domain_stages:
@@ -199,25 +267,29 @@ def run_kfold(data: str, image_folder: str, k: int, output_dir: str, configs: Se
     plans: dict[str, Any] = {}
     per_config: dict[str, list[dict[str, float]]] = {config_label(c): [] for c in configs}
     for i in range(k):
-        paths = write_fold(records, folds, i, out / f"fold{i}")
+        fold_dir = out / f"fold{i}"
+        paths = write_fold(records, folds, i, fold_dir)
         for stages in configs:
             label = config_label(stages)
-            run_stages = tuple(s for s in stages if not (s == 1 and shared["projector"]))
-            init = shared["projector"] if 1 in stages and shared["projector"] else None
-            cfg = fold_config(base, run_stages, domain_stages, paths, image_folder, out / f"fold{i}" / label, init)
+            shared_used = 1 in stages and bool(shared["projector"])
+            run_stages = tuple(s for s in stages if not (s == 1 and shared_used))
+            cfg = fold_config(base, run_stages, domain_stages, paths, image_folder, fold_dir,
+                              shared["projector"] if shared_used else None, (1,) if shared_used else ())
             if dry_run:
                 plans[f"fold{i}/{label}"] = [step_record(s) for s in build_plan(cfg)]
                 continue
             log(f"[kfold] fold {i + 1}/{k}, stages {label}")
             metrics = run_plan(cfg, runner, log)[run_stages[-1]]
-            per_config[label].append(flatten_metrics(metrics))
+            per_config[label].append({**flatten_metrics(metrics), **stage_metrics(cfg)})
     if dry_run:
         return {"folds": [len(f) for f in folds], "plans": plans}
     results = {label: aggregate(v) for label, v in per_config.items()}
-    report = {"k": k, "seed": seed, "fold_sizes": [len(f) for f in folds], "results": results}
+    report = {"k": k, "n_folds": k, "seed": seed, "fold_sizes": [len(f) for f in folds], "results": results}
     write_json(out / "kfold.json", report)
     (out / "kfold.md").write_text(report_markdown(results, k))
-    plot(results, out / "kfold.png")
+    plot(results, out / "kfold.png", k)
+    if not plot_stages(results, out / "kfold_stages.png", k):
+        (out / "kfold_stages.png").unlink(missing_ok=True)
     log(report_markdown(results, k))
     return report
 
@@ -245,14 +317,17 @@ def main(argv: list[str] | None = None) -> int:
         cut = argv.index("--")
         argv, addon = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
-    configs = [parse_stages(s, "--stages") for s in (args.stages or ["1,2,3"])]
-    base = config_from_env(os.environ, addon)
-    report = run_kfold(args.data, args.image_folder, args.k, args.output_dir, configs, base,
-                       parse_stages(args.domain_stages, "--domain-stages"), args.seed, dry_run=args.dry_run)
+    try:
+        configs = [parse_stages(s, "--stages") for s in (args.stages or ["1,2,3"])]
+        base = config_from_env(os.environ, addon)
+        report = run_kfold(args.data, args.image_folder, args.k, args.output_dir, configs, base,
+                           parse_stages(args.domain_stages, "--domain-stages"), args.seed, dry_run=args.dry_run)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"kfold: error: {e}", file=sys.stderr)
+        return 2
     if args.dry_run:
         print(json.dumps(report, indent=1))
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -11,17 +11,32 @@ as ``MODEL_NAME`` (``finetune_task*.sh``). The first stage run starts from ``INI
 ``INIT_MODEL`` when set (``STAGES=2,3`` starts stage 2 from a fresh projector otherwise). FLAGS (add-on
 flags such as ``--normalize_projector True``) go to every stage.
 
-Layout under ``OUTPUT_ROOT``: ``plan.json`` (the resolved plan), and per stage ``stageN/model/`` (the
-stage's ``OUTPUT_DIR``), ``stageN/train.log``, ``stageN/stage.json`` (written when the stage finished;
-a finished stage is skipped on rerun unless ``FORCE=1``) and, with ``EVAL_QUESTIONS``/``EVAL_ANSWERS``,
-``stageN/eval/{answers.jsonl,metrics.json,eval.log}`` (:mod:`llava.eval.model_vqa_loader` answers,
-:mod:`llava.eval.eval_spatial` exact-match accuracy per category). ``summary.md`` lists the metrics.
+Layout under ``OUTPUT_ROOT``: one folder per model, named after the chain that trained it:
+``stage1``, ``stage1-2``, ``stage1-2-3`` for ``STAGES=1,2,3``; ``stage2``, ``stage2-3`` for ``STAGES=2,3``
+(stage 2 from a fresh projector), so several chains share one root and a stage is shared between chains
+only where the stages before it are the same. Each holds ``model/`` (the stage's ``OUTPUT_DIR``, with
+``trainer_state.json``), ``train.log``, ``stage.json`` (written when the stage finished: the plan plus the
+settings it trained with and checksums of its inputs, :mod:`llava.workflows.stage_records`) and, with
+``EVAL_QUESTIONS``/``EVAL_ANSWERS``, ``eval/{answers.jsonl,metrics.json,settings.json,eval.log}``
+(:mod:`llava.eval.model_vqa_loader` answers, :mod:`llava.eval.eval_spatial` exact match per category).
+``plan.json`` lists every chain run into the root and every folder's record (always what the folders
+hold); ``summary.md`` and its pictures (:mod:`llava.workflows.summary`) compare every chain there.
+
+Reruns: a stage whose folder finished with identical settings is skipped; one with other settings (e.g. a
+changed ``STAGE3_LR``, ``STAGE2_ARGS`` or data file contents) is refused before anything runs, with every
+difference listed; ``FORCE=1`` reruns it and every later stage (folders of other chains that continue it
+are moved aside to ``<folder>.stale``), ``FORCE=all`` reruns every stage of the chain. An unfinished stage
+with the same settings resumes from its checkpoints.
 
 Settings (environment): ``STAGES``, ``OUTPUT_ROOT``, ``MODEL_NAME``, ``DOMAIN_DATA``, ``DOMAIN_IMAGES``,
 ``STAGE{N}_SCRIPT|DATA|IMAGES|ARGS`` and ``STAGE{N}_<VAR>`` for VAR in :data:`STAGE_VARS` (e.g.
-``STAGE1_MAX_STEPS``); ``INIT_PROJECTOR``, ``INIT_MODEL``; ``EVAL_QUESTIONS``, ``EVAL_ANSWERS``,
-``EVAL_IMAGES``, ``EVAL_STAGES``, ``EVAL_BATCH_SIZE``, ``EVAL_MAX_NEW_TOKENS``, ``EVAL_CONV_MODE``;
-``DEVICE`` and everything else the stage scripts read (``scripts/v1_5/_common.sh``) pass through.
+``STAGE1_MAX_STEPS``); ``INIT_PROJECTOR``, ``INIT_MODEL``; validation during training (the stage gets
+``EVAL_DATA_PATH``/``EVAL_IMAGE_FOLDER``/``EVAL_STEPS``): ``DOMAIN_EVAL_DATA`` (stages 2, 3; images
+``DOMAIN_EVAL_IMAGES``, default the stage's images), ``STAGE{N}_EVAL_DATA|EVAL_IMAGES|EVAL_STEPS``,
+``EVAL_STEPS`` (default 100); held-out exact match after a stage: ``EVAL_QUESTIONS``, ``EVAL_ANSWERS``,
+``EVAL_IMAGES``, ``EVAL_STAGES``, ``EVAL_BATCH_SIZE``, ``EVAL_MAX_NEW_TOKENS``, ``EVAL_CONV_MODE``; ``FORCE``;
+``DEVICE`` and everything else the stage scripts read (``scripts/v1_5/_common.sh``) pass through, and
+those in :data:`TRAINING_VARS` are recorded with the stage.
 """
 
 from __future__ import annotations
@@ -32,15 +47,43 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from llava.workflows.held_out import eval_command as eval_command
+from llava.workflows.held_out import held_out, log_tail
+from llava.workflows.stage_records import (
+    OUTPUT_MARKERS,
+    Checksums,
+    SettingsChanged,
+    StageCheck,
+    check_plan,
+    finish_folder,
+    move_aside,
+    read_state,
+    refusal,
+    stage_settings,
+    stale_folders,
+    start_folder,
+    update_state,
+    write_state,
+)
+from llava.workflows.stage_records import step_record as step_record
+from llava.workflows.summary import write_summary
+
 REPO = Path(__file__).resolve().parents[2]
 STAGE_NAMES = MappingProxyType({1: "general_alignment", 2: "domain_alignment", 3: "instruction_tuning"})
 STAGE_VARS = ("MAX_STEPS", "EPOCHS", "LR", "BATCH_SIZE", "GRAD_ACCUM", "SAVE_STEPS", "MODEL_MAX_LENGTH",
-              "DS_CONFIG", "MM_PROJECTOR_LR", "LORA_R", "LORA_ALPHA", "NUM_GPUS", "WARMUP_RATIO")
+              "DS_CONFIG", "MM_PROJECTOR_LR", "LORA_R", "LORA_ALPHA", "NUM_GPUS", "WARMUP_RATIO", "SEED")
+# stage-script variables that change what a stage trains; recorded (when set) with every stage
+TRAINING_VARS = ("VISION_TOWER", "PROJECTOR_TYPE", "SELECT_LAYER", "MODEL_MAX_LENGTH", "EPOCHS", "MAX_STEPS",
+                 "WARMUP_RATIO", "WEIGHT_DECAY", "LR_SCHEDULER", "PACKING", "SEED", "LR", "BATCH_SIZE",
+                 "GRAD_ACCUM", "DS_CONFIG", "MM_PROJECTOR_LR", "LORA_R", "LORA_ALPHA", "NUM_GPUS", "NUM_NODES",
+                 "DEVICE", "NORM_STYLE", "MULTILAYER_SELECT", "MULTILAYER_POST_NORM", "PRETRAIN_DATA_ROOT",
+                 "FINETUNE_DATA_ROOT")
+DEFAULT_EVAL_STEPS = "100"  # as scripts/v1_5/_common.sh
 
 
 @dataclass(frozen=True)
@@ -63,8 +106,6 @@ SCRIPT_KINDS = MappingProxyType({
     "finetune_task_lora.sh": ScriptKind("model", "lora"),
 })
 DEFAULT_SCRIPTS = MappingProxyType({1: "pretrain.sh", 2: "pretrain.sh", 3: "finetune.sh"})
-OUTPUT_MARKERS = MappingProxyType({"projector": "mm_projector.bin", "model": "config.json",
-                                   "lora": "adapter_config.json"})
 
 Runner = Callable[[list[str], Mapping[str, str], Path], int]
 
@@ -83,7 +124,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class StageConfig:
-    """One stage's script, data and stage-only settings."""
+    """One stage's script, data, validation data and stage-only settings."""
 
     number: int
     script: str
@@ -91,11 +132,16 @@ class StageConfig:
     image_folder: str
     env: Mapping[str, str] = field(default_factory=dict)
     args: tuple[str, ...] = ()
+    eval_data: str | None = None
+    eval_images: str | None = None
+    eval_steps: str | None = None
 
 
 @dataclass(frozen=True)
 class WorkflowConfig:
-    """Everything the plan depends on."""
+    """Everything the plan depends on. ``after``: stages run elsewhere that ``INIT_PROJECTOR``/``INIT_MODEL``
+    come from (part of the folder names; k-fold's shared stage 1); ``inherited_env``: the :data:`TRAINING_VARS`
+    set in the caller's environment."""
 
     stages: tuple[int, ...]
     output_root: str
@@ -108,6 +154,9 @@ class WorkflowConfig:
     eval_stages: tuple[int, ...] = ()
     device: str = "gpu"
     force: bool = False
+    force_all: bool = False
+    after: tuple[int, ...] = ()
+    inherited_env: Mapping[str, str] = field(default_factory=dict)
 
     def stage(self, number: int) -> StageConfig:
         """The config of stage ``number``."""
@@ -116,10 +165,16 @@ class WorkflowConfig:
                 return s
         raise KeyError(f"no configuration for stage {number}")
 
+    @property
+    def chain(self) -> str:
+        """The chain's label, e.g. ``1-2-3``."""
+        return "-".join(map(str, (*self.after, *self.stages)))
+
 
 @dataclass(frozen=True)
 class StageStep:
-    """One planned stage run: the command, the environment it adds, its folders and what it starts from."""
+    """One planned stage run: the command, the environment it adds, its folders and what it starts from;
+    ``chain`` is the label of the stages that trained its model (``1-2`` for stage 2 after stage 1)."""
 
     stage: int
     name: str
@@ -132,6 +187,7 @@ class StageStep:
     init_from: str | None
     eval_base: str | None
     evaluate: bool
+    chain: str = ""
 
     @property
     def command(self) -> list[str]:
@@ -167,9 +223,8 @@ def resolve_script(name: str) -> tuple[str, ScriptKind]:
     raise FileNotFoundError(f"stage script {name!r} not found (looked in scripts/v1_5/ and the repo root)")
 
 
-def config_from_env(env: Mapping[str, str], addon_args: Sequence[str] = ()) -> WorkflowConfig:
-    """Build the workflow config from environment variables (see the module docstring)."""
-    stages = parse_stages(env.get("STAGES", "1,2,3"))
+def stage_configs_from_env(env: Mapping[str, str]) -> tuple[StageConfig, ...]:
+    """Every stage's script, data, validation data and ``STAGE{N}_*`` settings from the environment."""
     pre_root = env.get("PRETRAIN_DATA_ROOT", "./playground/data/LLaVA-Pretrain")
     domain_data = env.get("DOMAIN_DATA", "./playground/data/slake/slake_train.json")
     domain_images = env.get("DOMAIN_IMAGES", "./playground/data/slake/imgs")
@@ -178,26 +233,47 @@ def config_from_env(env: Mapping[str, str], addon_args: Sequence[str] = ()) -> W
     configs = []
     for n in STAGE_NAMES:
         data, images = defaults[n]
+        image_folder = env.get(f"STAGE{n}_IMAGES", images)
+        domain = n in (2, 3)
+        eval_data = env.get(f"STAGE{n}_EVAL_DATA") or (env.get("DOMAIN_EVAL_DATA") if domain else None) or None
+        eval_images = (env.get(f"STAGE{n}_EVAL_IMAGES") or (env.get("DOMAIN_EVAL_IMAGES") if domain else None)
+                       or image_folder)
         configs.append(StageConfig(
             number=n, script=env.get(f"STAGE{n}_SCRIPT", DEFAULT_SCRIPTS[n]),
-            data_path=env.get(f"STAGE{n}_DATA", data), image_folder=env.get(f"STAGE{n}_IMAGES", images),
+            data_path=env.get(f"STAGE{n}_DATA", data), image_folder=image_folder,
             env={v: env[f"STAGE{n}_{v}"] for v in STAGE_VARS if env.get(f"STAGE{n}_{v}")},
-            args=tuple(shlex.split(env.get(f"STAGE{n}_ARGS", "")))))
+            args=tuple(shlex.split(env.get(f"STAGE{n}_ARGS", ""))), eval_data=eval_data,
+            eval_images=eval_images if eval_data else None,
+            eval_steps=env.get(f"STAGE{n}_EVAL_STEPS") or env.get("EVAL_STEPS") or DEFAULT_EVAL_STEPS))
+    return tuple(configs)
+
+
+def config_from_env(env: Mapping[str, str], addon_args: Sequence[str] = ()) -> WorkflowConfig:
+    """Build the workflow config from environment variables (see the module docstring)."""
+    stages = parse_stages(env.get("STAGES", "1,2,3"))
+    for var, fix in (("EVAL_DATA_PATH", "DOMAIN_EVAL_DATA or STAGE{N}_EVAL_DATA"),
+                     ("EVAL_IMAGE_FOLDER", "DOMAIN_EVAL_IMAGES or STAGE{N}_EVAL_IMAGES")):
+        if env.get(var):
+            raise ValueError(f"{var} is set per stage by the workflow; unset it and use {fix}")
     eval_cfg = None
     if env.get("EVAL_QUESTIONS") or env.get("EVAL_ANSWERS"):
         if not (env.get("EVAL_QUESTIONS") and env.get("EVAL_ANSWERS")):
             raise ValueError("set both EVAL_QUESTIONS (questions JSONL) and EVAL_ANSWERS (reference answers JSONL), "
                              "e.g. from llava.data.convert_slake --questions-out/--answers-out")
-        eval_cfg = EvalConfig(env["EVAL_QUESTIONS"], env["EVAL_ANSWERS"], env.get("EVAL_IMAGES", domain_images),
+        eval_cfg = EvalConfig(env["EVAL_QUESTIONS"], env["EVAL_ANSWERS"],
+                              env.get("EVAL_IMAGES", env.get("DOMAIN_IMAGES", "./playground/data/slake/imgs")),
                               int(env.get("EVAL_BATCH_SIZE", "8")), int(env.get("EVAL_MAX_NEW_TOKENS", "16")),
                               env.get("EVAL_CONV_MODE") or None)
     eval_stages = parse_stages(env["EVAL_STAGES"], "EVAL_STAGES") if env.get("EVAL_STAGES") else stages
+    force = env.get("FORCE", "0").strip()
     return WorkflowConfig(
         stages=stages, output_root=env.get("OUTPUT_ROOT", "./checkpoints/three_stage"),
-        stage_configs=tuple(configs), base_model=env.get("MODEL_NAME", env.get("LLM_NAME", "lmsys/vicuna-13b-v1.5")),
+        stage_configs=stage_configs_from_env(env),
+        base_model=env.get("MODEL_NAME", env.get("LLM_NAME", "lmsys/vicuna-13b-v1.5")),
         addon_args=tuple(addon_args), init_projector=env.get("INIT_PROJECTOR") or None,
         init_model=env.get("INIT_MODEL") or None, eval=eval_cfg, eval_stages=eval_stages,
-        device=env.get("DEVICE", "gpu"), force=env.get("FORCE", "0") not in ("", "0", "false", "False"))
+        device=env.get("DEVICE", "gpu"), force=force not in ("", "0", "false", "False"),
+        force_all=force.lower() == "all", inherited_env={v: env[v] for v in TRAINING_VARS if env.get(v)})
 
 
 def _start_error(n: int, script: str, what: str, fix: str) -> ValueError:
@@ -209,13 +285,17 @@ def build_plan(cfg: WorkflowConfig) -> list[StageStep]:
     root = Path(cfg.output_root).resolve()
     plan: list[StageStep] = []
     prev: StageStep | None = None
-    for n in cfg.stages:
+    for i, n in enumerate(cfg.stages):
         sc = cfg.stage(n)
         script, kind = resolve_script(sc.script)
-        stage_dir = root / f"stage{n}"
+        chain = "-".join(map(str, (*cfg.after, *cfg.stages[:i + 1])))
+        stage_dir = root / f"stage{chain}"
         out = stage_dir / "model"
         env = {"DATA_PATH": sc.data_path, "IMAGE_FOLDER": sc.image_folder, "OUTPUT_DIR": str(out),
                "MODEL_NAME": cfg.base_model, **sc.env}
+        if sc.eval_data:
+            env.update(EVAL_DATA_PATH=sc.eval_data, EVAL_IMAGE_FOLDER=sc.eval_images or sc.image_folder,
+                       EVAL_STEPS=sc.eval_steps or DEFAULT_EVAL_STEPS)
         args: list[str] = []
         if prev is None:
             projector, model = cfg.init_projector, cfg.init_model
@@ -245,7 +325,7 @@ def build_plan(cfg: WorkflowConfig) -> list[StageStep]:
         args += [*sc.args, *cfg.addon_args]
         step = StageStep(stage=n, name=STAGE_NAMES[n], script=script, kind=kind, env=env, args=args,
                          stage_dir=str(stage_dir), output_dir=str(out), init_from=init_from, eval_base=eval_base,
-                         evaluate=cfg.eval is not None and n in cfg.eval_stages)
+                         evaluate=cfg.eval is not None and n in cfg.eval_stages, chain=chain)
         plan.append(step)
         prev = step
     return plan
@@ -260,91 +340,76 @@ def subprocess_runner(cmd: list[str], env: Mapping[str, str], log: Path) -> int:
         return subprocess.run(cmd, cwd=REPO, env=full_env, stdout=f, stderr=subprocess.STDOUT).returncode
 
 
-def _tail(log: Path, n: int = 3000) -> str:
-    return log.read_text(errors="replace")[-n:] if log.exists() else "(no log)"
-
-
-def eval_command(step: StageStep, ev: EvalConfig, answers_file: Path, device: str) -> list[str]:
-    """The model_vqa_loader command that answers the held-out questions with a stage's output."""
-    cmd = [sys.executable, "-m", "llava.eval.model_vqa_loader", "--model-path", step.output_dir,
-           "--image-folder", ev.image_folder, "--question-file", ev.questions, "--answers-file", str(answers_file),
-           "--batch-size", str(ev.batch_size), "--max_new_tokens", str(ev.max_new_tokens)]
-    if step.eval_base:
-        cmd += ["--model-base", step.eval_base]
-    if ev.conv_mode:
-        cmd += ["--conv-mode", ev.conv_mode]
-    if device == "cpu":
-        cmd += ["--device", "cpu"]
-    return cmd
-
-
-def evaluate_step(step: StageStep, cfg: WorkflowConfig, runner: Runner) -> dict[str, Any]:
-    """Answer and score the held-out questions; writes ``stageN/eval/metrics.json`` and returns the metrics."""
-    from llava.eval.eval_spatial import evaluate
-
-    assert cfg.eval is not None
-    eval_dir = Path(step.stage_dir) / "eval"
-    answers = eval_dir / "answers.jsonl"
-    log = eval_dir / "eval.log"
-    rc = runner(eval_command(step, cfg.eval, answers, cfg.device), {}, log)
+def train_step(check: StageCheck, cfg: WorkflowConfig, runner: Runner, sums: Checksums,
+               log: Callable[[str], None]) -> dict[str, Any]:
+    """Run one stage whose check says it runs (``started.json`` first, ``stage.json`` once it finished);
+    returns its finished record."""
+    step = check.step
+    check.record = {**step_record(step), "finished": False,
+                    "settings": stage_settings(step, cfg.inherited_env, sums)}
+    start_folder(check)
+    log(f"[three_stage] stage {step.stage} ({step.name}): {Path(step.script).name} -> {step.output_dir}"
+        + (f" (starts from {step.init_from})" if step.init_from else "") + f"; {check.reason}")
+    train_log = Path(step.stage_dir) / "train.log"
+    rc = runner(step.command, step.env, train_log)
     if rc != 0:
-        raise RuntimeError(f"evaluation of stage {step.stage} failed (rc={rc}); see {log}:\n{_tail(log)}")
-    metrics = evaluate(cfg.eval.answers, answers)
-    (eval_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    return metrics
-
-
-def step_record(step: StageStep) -> dict[str, Any]:
-    """JSON-able description of a planned step."""
-    rec = asdict(step)
-    rec["command"] = step.command
-    return rec
+        raise RuntimeError(f"stage {step.stage} ({step.name}) failed (rc={rc}); see {train_log}:\n"
+                           f"{log_tail(train_log)}")
+    marker = Path(step.output_dir) / OUTPUT_MARKERS[step.kind.makes]
+    if not marker.exists():
+        raise RuntimeError(f"stage {step.stage} finished but {marker} is missing; see {train_log}")
+    return finish_folder(check)
 
 
 def run_plan(cfg: WorkflowConfig, runner: Runner = subprocess_runner,
              log: Callable[[str], None] = print) -> dict[int, dict[str, Any]]:
-    """Run (or skip when finished) every stage in order, evaluate where asked; returns metrics per stage."""
+    """Check every stage against its folder (refusing changed settings unless ``cfg.force``), run the ones that
+    need it, evaluate where asked, keep ``plan.json`` equal to the folders and write ``summary.md``; returns
+    the held-out metrics per evaluated stage."""
     plan = build_plan(cfg)
-    root = Path(cfg.output_root)
+    root = Path(cfg.output_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    (root / "plan.json").write_text(json.dumps([step_record(s) for s in plan], indent=1))
+    sums = Checksums(root / ".checksums.json", base=REPO)  # relative paths: as the stages see them
+    checks = check_plan(plan, cfg.inherited_env, sums, cfg.force_all)
+    stale = stale_folders(root, checks)
+    message = refusal(checks, stale, cfg.output_root)
+    if message and not cfg.force:
+        raise SettingsChanged(message)
+    for path in stale:
+        log(f"[three_stage] {path.name} started from a stage that reruns; moved to {move_aside(path).name}")
+    state = update_state(read_state(root), cfg.chain, checks, {p.name for p in stale})
+    write_state(root, state)
     results: dict[int, dict[str, Any]] = {}
-    for step in plan:
-        done = Path(step.stage_dir) / "stage.json"
-        marker = Path(step.output_dir) / OUTPUT_MARKERS[step.kind.makes]
-        if done.exists() and marker.exists() and not cfg.force:
-            log(f"[three_stage] stage {step.stage} ({step.name}) already finished in {step.output_dir}; skipping")
-        else:
-            log(f"[three_stage] stage {step.stage} ({step.name}): {Path(step.script).name} -> {step.output_dir}"
-                + (f" (starts from {step.init_from})" if step.init_from else ""))
-            train_log = Path(step.stage_dir) / "train.log"
-            rc = runner(step.command, step.env, train_log)
-            if rc != 0:
-                raise RuntimeError(f"stage {step.stage} ({step.name}) failed (rc={rc}); see {train_log}:\n"
-                                   f"{_tail(train_log)}")
-            if not marker.exists():
-                raise RuntimeError(f"stage {step.stage} finished but {marker} is missing; see {train_log}")
-            done.write_text(json.dumps(step_record(step), indent=1))
-        metrics_file = Path(step.stage_dir) / "eval" / "metrics.json"
-        if step.evaluate:
-            if metrics_file.exists() and not cfg.force and done.exists():
-                results[step.stage] = json.loads(metrics_file.read_text())
+    try:
+        for check in checks:
+            step = check.step
+            if check.action == "skip":
+                log(f"[three_stage] stage {step.stage} ({step.name}) already finished in {step.output_dir} "
+                    "with these settings; skipping")
             else:
-                results[step.stage] = evaluate_step(step, cfg, runner)
-            log(f"[three_stage] stage {step.stage} accuracy: {results[step.stage]['accuracy']}")
-    if results:
-        (root / "summary.md").write_text(summary_table(results))
+                state["stages"][check.folder] = train_step(check, cfg, runner, sums, log)
+                write_state(root, state)
+            if step.evaluate:
+                results[step.stage] = held_out(check, cfg, runner, sums)
+                log(f"[three_stage] stage {step.stage} accuracy: {results[step.stage]['accuracy']}")
+    finally:  # also after a failure: the summary must not show a folder that was just moved aside
+        sums.save()
+        log(f"[three_stage] summary: {write_summary(root, state)}")
     return results
 
 
-def summary_table(results: Mapping[int, Mapping[str, Any]]) -> str:
-    """Markdown: one row per evaluated stage, accuracy per category (and the majority baseline overall)."""
-    cats = sorted({c for m in results.values() for c in m["accuracy"]}, key=lambda c: (c == "overall", c))
-    lines = ["| stage | " + " | ".join(cats) + " | majority (overall) |", "|---" * (len(cats) + 2) + "|"]
-    for n, m in sorted(results.items()):
-        cells = [f"{m['accuracy'].get(c, float('nan')):.1f}" for c in cats]
-        lines.append(f"| {n} {STAGE_NAMES[n]} | " + " | ".join(cells) + f" | {m['majority']['overall']:.1f} |")
-    return "\n".join(lines) + "\n"
+def plan_preview(cfg: WorkflowConfig) -> list[dict[str, Any]]:
+    """The dry run's output: every step's record with its settings and what a run would do (runs nothing)."""
+    plan = build_plan(cfg)
+    root = Path(cfg.output_root).resolve()
+    checks = check_plan(plan, cfg.inherited_env, Checksums(base=REPO), cfg.force_all)
+    message = refusal(checks, stale_folders(root, checks), cfg.output_root)
+    out = []
+    for c in checks:
+        would = c.action if not (message and not cfg.force) else ("refused" if c.status == "changed" else "-")
+        out.append({**step_record(c.step), "settings": c.record["settings"], "would": would,
+                    "reason": c.reason, "differences": c.diffs})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -356,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_env(os.environ, args)
         if dry:
-            print(json.dumps([step_record(s) for s in build_plan(cfg)], indent=1))
+            print(json.dumps(plan_preview(cfg), indent=1))
             return 0
         run_plan(cfg)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
