@@ -32,6 +32,15 @@ CASES = {
                   "{d} is not UTF-8 text: byte b'\\xff' at offset 9 does not decode"),
     "bad json": (lambda d: (d.write_text('[{"id": 1,'), d)[1], (), "malformed JSON in {d} at line 1 column 11"),
     "bad flag value": (lambda d: d, ("--image_aspect_ratio", "stretch"), "--image_aspect_ratio"),
+    # found at launch, not at the sample's first fetch mid-training (a traceback from a DataLoader)
+    "speaker not human/gpt": (lambda d: (d.write_text(json.dumps([{"id": "sg", "conversations": [
+        {"from": "user", "value": "hi"}, {"from": "assistant", "value": "yo"}]}])), d)[1], (),
+        "sample id='sg' (index 0): turn 0 has 'from': 'user'; expected 'human' or 'gpt'"),
+    "turns do not alternate": (lambda d: (d.write_text(json.dumps([{"id": "hh", "conversations": [
+        {"from": "human", "value": "hi"}, {"from": "human", "value": "again"}]}])), d)[1], (),
+        "turns must alternate human/gpt starting with human; turn 1 is from 'human'"),
+    "no answer": (lambda d: (d.write_text(json.dumps([{"id": "q", "conversations": [
+        {"from": "human", "value": "hi"}]}])), d)[1], (), "no 'gpt' answer to supervise"),
 }
 
 

@@ -126,22 +126,34 @@ def test_validation_flag_errors_are_one_line(extra, expected, tiny_llama, tiny_c
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
 
 
-def test_bad_sample_in_the_eval_file_is_refused_at_launch(tiny_llama, tiny_clip, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("bad", ["no_answer", "missing_image"])
+def test_bad_sample_in_the_eval_file_is_refused_at_launch(bad, tiny_llama, tiny_clip, tmp_path, monkeypatch,
+                                                          capsys):
+    """A structural problem stops the launch before any weights load (the training file's check); a missing
+    image once the dataset exists (before the first step)."""
     from llava.train.train import train
 
     data = write_shapes_dataset(tmp_path / "data", n=2, text_only=0)
-    bad = tmp_path / "eval.json"
-    bad.write_text(json.dumps([{"id": "broken", "conversations": [{"from": "human", "value": "hi"}]}]))
+    sample = ({"id": "broken", "conversations": [{"from": "human", "value": "hi"}]} if bad == "no_answer" else
+              {"id": "broken", "image": "absent.png", "conversations": [
+                  {"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "yo"}]})
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps([sample]))
     monkeypatch.setattr(sys, "argv", [
         "train.py", "--model_name_or_path", tiny_llama, "--vision_tower", tiny_clip, "--data_path",
-        data.finetune_json, "--image_folder", data.image_folder, "--eval_data_path", str(bad), "--eval_strategy",
+        data.finetune_json, "--image_folder", data.image_folder, "--eval_data_path", str(path), "--eval_strategy",
         "steps", "--output_dir", str(tmp_path / "out"), "--use_cpu", "True", "--report_to", "none"])
     with pytest.raises(SystemExit) as err:
         train()
     assert err.value.code == 2
-    errors = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln.lower()]  # after weights load
-    assert len(errors) == 1 and errors[0].startswith("error: validation set: "), errors
-    assert str(bad) in errors[0] and "'broken'" in errors[0] and "--skip_bad_samples" in errors[0]
+    lines = capsys.readouterr().err.splitlines()
+    errors = [ln for ln in lines if "error" in ln.lower()]
+    assert len(errors) == 1 and str(path) in errors[0] and "'broken'" in errors[0], errors
+    assert "--skip_bad_samples" in errors[0]
+    if bad == "no_answer":
+        assert lines == errors and "no 'gpt' answer" in errors[0]  # nothing else printed: no weights loaded
+    else:
+        assert errors[0].startswith("error: validation set: missing_image: ") and not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------- training runs

@@ -7,10 +7,11 @@ training repairs by itself (a leading gpt turn without the image is dropped, as 
 and tokenization are checked elsewhere (lazily in training, by the doctor's workers).
 
 Categories: ``malformed_sample`` (not a dict, no conversations list, a turn that is not
-``{"from": str, "value": str}``, an ``image`` that is not one path), ``bad_conversation`` (an empty gpt
-answer), ``missing_image_token`` (an image but no ``<image>``, or the only ``<image>`` in a leading gpt turn
-that training drops), ``too_many_image_tokens`` (more ``<image>`` placeholders than images, counted per
-occurrence), ``image_token_without_image`` (``<image>`` in the text without an ``image``).
+``{"from": str, "value": str}``, an ``image`` that is not one path), ``bad_conversation`` (a speaker other
+than human/gpt, turns that do not alternate, no gpt answer, an empty gpt answer), ``missing_image_token``
+(an image but no ``<image>``, or the only ``<image>`` in a leading gpt turn that training drops),
+``too_many_image_tokens`` (more ``<image>`` placeholders than images, counted per occurrence),
+``image_token_without_image`` (``<image>`` in the text without an ``image``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,22 @@ def _placeholder_problem(sample: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def role_problem(roles: list[str]) -> tuple[str, str] | None:
+    """The first problem with a conversation's speaker sequence (each turn's ``from``), as training sees it: a
+    leading non-human turn is dropped (upstream), then turns must alternate human/gpt with a gpt answer."""
+    for j, role in enumerate(roles):
+        if role not in (HUMAN, GPT):
+            return "bad_conversation", f"turn {j} has 'from': {role!r}; expected 'human' or 'gpt'"
+    if roles and roles[0] != HUMAN:
+        roles = roles[1:]
+    for j, role in enumerate(roles):
+        if role != (HUMAN, GPT)[j % 2]:
+            return "bad_conversation", f"turns must alternate human/gpt starting with human; turn {j} is from {role!r}"
+    if GPT not in roles:
+        return "bad_conversation", "no 'gpt' answer to supervise"
+    return None
+
+
 def _answer_problem(sample: dict[str, Any]) -> tuple[str, str] | None:
     for j, turn in enumerate(sample["conversations"]):
         if turn["from"] == GPT and j > 0 and not turn["value"].strip():
@@ -72,7 +89,8 @@ def structural_problems(sample: Any) -> list[tuple[str, str]]:
     shape = _shape_problem(sample)
     if shape is not None:
         return [shape]  # the other checks need the shape
-    return [p for p in (_placeholder_problem(sample), _answer_problem(sample)) if p is not None]
+    roles = role_problem([turn["from"] for turn in sample["conversations"]])
+    return [p for p in (roles, _placeholder_problem(sample), _answer_problem(sample)) if p is not None]
 
 
 def structural_warnings(sample: Any) -> list[tuple[str, str]]:

@@ -35,6 +35,7 @@ from llava.constants import (
     IMAGE_TOKEN_INDEX,
 )
 from llava.conversation import Conversation, SeparatorStyle, get_conv_template
+from llava.data.sample_check import role_problem
 from llava.mm_utils import tokenizer_image_token
 
 logger = logging.getLogger(__name__)
@@ -125,23 +126,12 @@ def _turns(source: Source, sample_id: Any) -> list[tuple[str, str]]:
                 f"conversation turn {j} is not a {{'from', 'value'}} dict with a string value",
                 sample_id,
             )
-        role = sentence.get("from")
-        if role not in (HUMAN, GPT):
-            raise BadSampleError(
-                "bad_conversation", f"turn {j} has 'from': {role!r}; expected 'human' or 'gpt'", sample_id
-            )
-        turns.append((role, sentence["value"]))
-    if turns and turns[0][0] != HUMAN:
+        turns.append((sentence.get("from"), sentence["value"]))
+    problem = role_problem([role for role, _ in turns])  # the launch check's own rule (llava.data.sample_check)
+    if problem is not None:
+        raise BadSampleError(*problem, sample_id)
+    if turns[0][0] != HUMAN:
         turns = turns[1:]
-    for j, (role, _) in enumerate(turns):
-        if role != (HUMAN, GPT)[j % 2]:
-            raise BadSampleError(
-                "bad_conversation",
-                f"turns must alternate human/gpt starting with human; turn {j} is from {role!r}",
-                sample_id,
-            )
-    if not any(role == GPT for role, _ in turns):
-        raise BadSampleError("bad_conversation", "no 'gpt' answer to supervise", sample_id)
     return turns
 
 
