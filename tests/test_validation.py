@@ -126,23 +126,28 @@ def test_validation_flag_errors_are_one_line(extra, expected, tiny_llama, tiny_c
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
 
 
-@pytest.mark.parametrize("bad", ["no_answer", "missing_image"])
+@pytest.mark.parametrize("bad", ["no_answer", "missing_image", "too_long"])
 def test_bad_sample_in_the_eval_file_is_refused_at_launch(bad, tiny_llama, tiny_clip, tmp_path, monkeypatch,
                                                           capsys):
     """A structural problem stops the launch before any weights load (the training file's check); a missing
-    image once the dataset exists (before the first step)."""
+    image or a sample longer than --model_max_length once the dataset exists (before the first step)."""
     from llava.train.train import train
 
     data = write_shapes_dataset(tmp_path / "data", n=2, text_only=0)
-    sample = ({"id": "broken", "conversations": [{"from": "human", "value": "hi"}]} if bad == "no_answer" else
-              {"id": "broken", "image": "absent.png", "conversations": [
-                  {"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "yo"}]})
+    sample = {
+        "no_answer": {"id": "broken", "conversations": [{"from": "human", "value": "hi"}]},
+        "missing_image": {"id": "broken", "image": "absent.png", "conversations": [
+            {"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "yo"}]},
+        "too_long": {"id": "broken", "conversations": [
+            {"from": "human", "value": "hi " * 400}, {"from": "gpt", "value": "yo"}]},
+    }[bad]
     path = tmp_path / "eval.json"
     path.write_text(json.dumps([sample]))
     monkeypatch.setattr(sys, "argv", [
         "train.py", "--model_name_or_path", tiny_llama, "--vision_tower", tiny_clip, "--data_path",
         data.finetune_json, "--image_folder", data.image_folder, "--eval_data_path", str(path), "--eval_strategy",
-        "steps", "--output_dir", str(tmp_path / "out"), "--use_cpu", "True", "--report_to", "none"])
+        "steps", "--output_dir", str(tmp_path / "out"), "--use_cpu", "True", "--report_to", "none",
+        "--model_max_length", "256"])
     with pytest.raises(SystemExit) as err:
         train()
     assert err.value.code == 2
@@ -153,7 +158,7 @@ def test_bad_sample_in_the_eval_file_is_refused_at_launch(bad, tiny_llama, tiny_
     if bad == "no_answer":
         assert lines == errors and "no 'gpt' answer" in errors[0]  # nothing else printed: no weights loaded
     else:
-        assert errors[0].startswith("error: validation set: missing_image: ") and not (tmp_path / "out").exists()
+        assert errors[0].startswith(f"error: validation set: {bad}: ") and not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------- training runs

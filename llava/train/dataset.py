@@ -293,12 +293,16 @@ class LazySupervisedDataset(Dataset):
         return path
 
     def _check_length(self, input_ids: torch.Tensor) -> None:
+        self.check_length(int(input_ids.numel()), int((input_ids == IMAGE_TOKEN_INDEX).sum()))
+
+    def check_length(self, n_tokens: int, n_images: int) -> None:
+        """Raise ``too_long`` when ``n_tokens`` (placeholders included) with ``n_images`` spliced in exceed
+        ``model_max_length``."""
         max_len = getattr(self.tokenizer, "model_max_length", None)
         if max_len is None:
             return
-        n_images = int((input_ids == IMAGE_TOKEN_INDEX).sum())
         per_image = self.num_image_tokens if self.num_image_tokens is not None else 1
-        total = int(input_ids.numel()) + n_images * (per_image - 1)
+        total = n_tokens + n_images * (per_image - 1)
         if total > max_len:
             raise BadSampleError(
                 "too_long",

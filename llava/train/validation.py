@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from llava.constants import IGNORE_INDEX
 from llava.train.dataset import LazySupervisedDataset
+from llava.train.preprocess import BadSampleError
 
 N_FIXED = 4  # per-sample columns before the auxiliary terms: loss sum, tokens, correct, image batch
 
@@ -68,10 +69,17 @@ class EvalSupervisedDataset(LazySupervisedDataset):
     """The validation set: with ``--skip_bad_samples`` a bad sample becomes an empty row (no supervised
     token, counted in the skip report), instead of the training set's next good sample."""
 
+    def check_length_of(self, i: int) -> None:
+        """Raise a located :class:`BadSampleError` when sample ``i`` cannot be rendered or is too long."""
+        n_tokens, n_images = self.token_count(i)
+        sample = self.list_data_dict[i]
+        try:
+            self.check_length(n_tokens, n_images)
+        except BadSampleError as err:
+            raise err.located(sample.get("id", f"#{i}"), self.data_path, i) from None
+
     def check_image_file(self, i: int) -> None:
         """Raise a located :class:`BadSampleError` when sample ``i`` names an image that is not there."""
-        from llava.train.preprocess import BadSampleError
-
         sample = self.list_data_dict[i]
         if not isinstance(sample, dict) or not sample.get("image"):
             return
@@ -93,15 +101,14 @@ class EvalSupervisedDataset(LazySupervisedDataset):
 
 
 def check_eval_set(dataset: EvalSupervisedDataset) -> None:
-    """Render every validation sample's tokens and find its image file at launch, so a bad one stops the run
-    now (one line, exit 2) rather than at the first evaluation; with ``--skip_bad_samples`` it is counted
-    and left out instead."""
-    from llava.train.preprocess import BadSampleError
+    """Render every validation sample's tokens, check their length and find its image file at launch, so a
+    bad one stops the run now (one line, exit 2) rather than at the first evaluation; with
+    ``--skip_bad_samples`` it is counted and left out instead."""
     from llava.train.usage import fail
 
     for i in range(len(dataset)):
         try:
-            dataset.token_count(i)
+            dataset.check_length_of(i)
             dataset.check_image_file(i)
         except BadSampleError as err:
             if not dataset.skip_bad_samples:
