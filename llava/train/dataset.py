@@ -204,9 +204,12 @@ class LazySupervisedDataset(Dataset):
             f"every sample in {self.data_path} is bad; see the warnings above\n{self.skip_report()}"
         )
 
-    def _get(self, i: int) -> dict[str, torch.Tensor]:
+    def _sample_id(self, i: int) -> Any:
         sample = self.list_data_dict[i]
-        sample_id = sample.get("id", f"#{i}") if isinstance(sample, dict) else f"#{i}"
+        return sample.get("id", f"#{i}") if isinstance(sample, dict) else f"#{i}"
+
+    def _get(self, i: int) -> dict[str, torch.Tensor]:
+        sample, sample_id = self.list_data_dict[i], self._sample_id(i)
         try:
             return self._build(sample, sample_id, i)
         except BadSampleError as err:
@@ -230,8 +233,7 @@ class LazySupervisedDataset(Dataset):
 
         Raises :class:`BadSampleError` (located) for a sample that cannot be rendered.
         """
-        sample = self.list_data_dict[i]
-        sample_id = sample.get("id", f"#{i}") if isinstance(sample, dict) else f"#{i}"
+        sample, sample_id = self.list_data_dict[i], self._sample_id(i)
         try:
             if problems := structural_problems(sample):
                 raise BadSampleError(*problems[0])
@@ -243,6 +245,18 @@ class LazySupervisedDataset(Dataset):
             raise err.located(sample_id, self.data_path, i) from None
         input_ids = out["input_ids"][0]
         return int(input_ids.numel()), int((input_ids == IMAGE_TOKEN_INDEX).sum())
+
+    def precheck(self, i: int) -> None:
+        """Everything about sample ``i`` that can be checked without reading its image: it renders, fits
+        ``model_max_length`` and its image file is there. Raises :class:`BadSampleError` (located)."""
+        n_tokens, n_images = self.token_count(i)
+        sample = self.list_data_dict[i]
+        try:
+            self.check_length(n_tokens, n_images)
+            if _has_image(sample):
+                self._existing_image_path(sample["image"])
+        except BadSampleError as err:
+            raise err.located(self._sample_id(i), self.data_path, i) from None
 
     def mark_bad(self, i: int, category: str) -> None:
         """Record sample ``i`` as skipped for ``category`` (found before it was fetched, e.g. by packing)."""
@@ -257,12 +271,7 @@ class LazySupervisedDataset(Dataset):
         image_path = None
         if has_image:
             sources = preprocess_multimodal(sources, self.is_multimodal, self.mm_use_im_start_end)
-            image_path = self._image_path(sample["image"])
-            if not os.path.isfile(image_path):
-                raise BadSampleError(
-                    "missing_image",
-                    f"image file not found: {image_path} (image_folder={self.image_folder!r})",
-                )
+            image_path = self._existing_image_path(sample["image"])
         out = preprocess(sources, self.tokenizer, self.conv, has_image=has_image, sample_id=sample_id)
         input_ids, labels = out["input_ids"][0], out["labels"][0]
         if out.get("num_mismatched"):
@@ -290,6 +299,13 @@ class LazySupervisedDataset(Dataset):
                 f"'image': {image!r} is not inside --image_folder {self.image_folder!r}; make it relative to "
                 "the folder, or pass --allow_absolute_image_paths True to accept such paths",
             )
+        return path
+
+    def _existing_image_path(self, image: str) -> str:
+        """:meth:`_image_path`, which must name an existing file (else ``missing_image``)."""
+        path = self._image_path(image)
+        if not os.path.isfile(path):
+            raise BadSampleError("missing_image", f"image file not found: {path} (image_folder={self.image_folder!r})")
         return path
 
     def _check_length(self, input_ids: torch.Tensor) -> None:

@@ -23,7 +23,6 @@ out (an empty row), never replaced by another sample, so no sample is counted tw
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -69,29 +68,6 @@ class EvalSupervisedDataset(LazySupervisedDataset):
     """The validation set: with ``--skip_bad_samples`` a bad sample becomes an empty row (no supervised
     token, counted in the skip report), instead of the training set's next good sample."""
 
-    def check_length_of(self, i: int) -> None:
-        """Raise a located :class:`BadSampleError` when sample ``i`` cannot be rendered or is too long."""
-        n_tokens, n_images = self.token_count(i)
-        sample = self.list_data_dict[i]
-        try:
-            self.check_length(n_tokens, n_images)
-        except BadSampleError as err:
-            raise err.located(sample.get("id", f"#{i}"), self.data_path, i) from None
-
-    def check_image_file(self, i: int) -> None:
-        """Raise a located :class:`BadSampleError` when sample ``i`` names an image that is not there."""
-        sample = self.list_data_dict[i]
-        if not isinstance(sample, dict) or not sample.get("image"):
-            return
-        sample_id = sample.get("id", f"#{i}")
-        try:
-            path = self._image_path(sample["image"])
-            if not os.path.isfile(path):
-                raise BadSampleError("missing_image", f"image file not found: {path} (image_folder="
-                                     f"{self.image_folder!r})")
-        except BadSampleError as err:
-            raise err.located(sample_id, self.data_path, i) from None
-
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         item = self.get_or_none(i)
         if item is not None:
@@ -108,8 +84,7 @@ def check_eval_set(dataset: EvalSupervisedDataset) -> None:
 
     for i in range(len(dataset)):
         try:
-            dataset.check_length_of(i)
-            dataset.check_image_file(i)
+            dataset.precheck(i)
         except BadSampleError as err:
             if not dataset.skip_bad_samples:
                 fail(f"validation set: {err}")
