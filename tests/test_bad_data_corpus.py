@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from llava.data import doctor
+from llava.data.supervised import make_supervised_data_module
 from llava.train.arguments import DataArguments
-from llava.train.dataset import make_supervised_data_module
 
 
 def _turns(*values: Any) -> list[Any]:
@@ -80,7 +80,7 @@ def processor(tiny_clip):
 
 
 def test_training_and_doctor_agree_on_every_case(corpus, llama_tokenizer, processor, tiny_llama, tmp_path) -> None:
-    from llava.train.dataset import BadSampleError
+    from llava.data.dataset import BadSampleError
 
     data, images = corpus
     strict = _dataset(data, images, llama_tokenizer, processor, skip=False)
@@ -144,7 +144,7 @@ def test_training_with_skip_counts_every_case(corpus, tiny_llama, tiny_clip, tmp
     counts: dict[str, int] = {}
     for _, _, category in CASES:
         counts[category] = counts.get(category, 0) + 1
-    from llava.train.preprocess import BAD_SAMPLE_CATEGORIES
+    from llava.data.preprocess import BAD_SAMPLE_CATEGORIES
 
     detail = ", ".join(f"{c}={counts[c]}" for c in BAD_SAMPLE_CATEGORIES if c in counts)
     assert f"skipped {len(CASES)} bad samples: {detail}" in capsys.readouterr().out.splitlines()

@@ -10,14 +10,14 @@ import torch
 from PIL import Image
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from llava.train.arguments import DataArguments
-from llava.train.dataset import (
+from llava.data.dataset import (
     BadSampleError,
     DataCollatorForSupervisedDataset,
     DataFileError,
     LazySupervisedDataset,
-    make_supervised_data_module,
 )
+from llava.data.supervised import make_supervised_data_module
+from llava.train.arguments import DataArguments
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +303,7 @@ def test_tokenization_mismatch_is_reported(
     tmp_path, images, clip_processor, llama_tokenizer, monkeypatch
 ) -> None:
     ds = dataset(tmp_path, images, clip_processor, llama_tokenizer, [text_sample("t")])
-    import llava.train.preprocess as pp
+    import llava.data.preprocess as pp
 
     real = pp._tokenize
 

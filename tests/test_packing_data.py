@@ -11,9 +11,9 @@ import torch
 from helpers_data import write_shapes_dataset
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from llava.train import packing
-from llava.train.dataset import LazySupervisedDataset
-from llava.train.preprocess import BadSampleError
+from llava.data import packing
+from llava.data.dataset import LazySupervisedDataset
+from llava.data.preprocess import BadSampleError
 
 
 def test_ffd_packs_every_sample_once_within_capacity_and_is_seeded():
@@ -157,7 +157,7 @@ def test_packing_flags_without_packing_are_refused(tmp_path, tiny_llama, tiny_cl
 
 def test_supervised_token_count_is_the_same_packed_or_padded(dataset):
     """The Trainer normalizes the loss by labels[..., 1:] != -100 over the accumulation window: same count."""
-    from llava.train.dataset import DataCollatorForSupervisedDataset
+    from llava.data.dataset import DataCollatorForSupervisedDataset
 
     order = list(range(len(dataset)))
     padded = DataCollatorForSupervisedDataset(dataset.tokenizer)([dataset[i] for i in order])

@@ -24,6 +24,7 @@ from llava.eval.eval_textvqa import normalize_answer
 from llava.model.addons.base import read_config, write_config
 from llava.model.addons.permute import Permute, image_permutation, pixel_digest
 from llava.model.addons.registry import BUILTIN_ADDONS, AddonRegistry
+from llava.serve import permutation
 from llava.testing.tiny_llava import build_tiny_llava
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +49,7 @@ def _recover(permuted: torch.Tensor, plain: torch.Tensor) -> torch.Tensor:
 
 
 def _set_seed(model, seed: int) -> None:
-    permutation_report.enable_permutation(model, seed)
+    permutation.enable_permutation(model, seed)
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +257,7 @@ def test_chat_cli_with_permutation(e2e):
     tok, model, processor, _ = load_pretrained_model(str(e2e.ckpt), None, device="cpu")
     pixels = process_images([load_image(image)], processor, model.config)
     plain, _ = _encode(model, pixels)
-    permutation_report.enable_permutation(model, 4)
+    permutation.enable_permutation(model, 4)
     perm, _ = _encode(model, pixels)  # the loaded model really permutes once switched on
     assert torch.equal(_recover(perm[0], plain[0]), image_permutation(4, pixel_digest(pixels[0]), 16))
     conv = new_conversation("llava_v1")

@@ -17,7 +17,7 @@ import torch
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import get_conv_template
-from llava.train.preprocess import (
+from llava.data.preprocess import (
     BadSampleError,
     preprocess,
     preprocess_llama_2,
@@ -204,7 +204,7 @@ class _SplitBoundaryTokenizer:
 
 def test_tokenization_mismatch_masks_sample_and_warns(llama_tokenizer, caplog) -> None:
     tok = _SplitBoundaryTokenizer(llama_tokenizer)
-    with caplog.at_level(logging.WARNING, logger="llava.train.preprocess"):
+    with caplog.at_level(logging.WARNING, logger="llava.data.preprocess"):
         out = preprocess([conv("hi", "yes")], tok, "v1", sample_id="sample-42")
     assert out["num_mismatched"] == 1
     assert (out["labels"][0] == IGN).all()

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from llava.train.sampler import (
+from llava.data.sampler import (
     LengthGroupedSampler,
     get_length_grouped_indices,
     get_modality_length_grouped_indices,

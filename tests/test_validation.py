@@ -58,7 +58,7 @@ def eval_records(image_names: list[str], n_text: int = 1) -> list[dict]:
 def hand_count(records: list[dict], tokenizer, version: str = "v1") -> tuple[int, int]:
     """(exact hits, supervised tokens) of the copy model: supervised tokens equal to the token before them."""
     from llava.conversation import get_conv_template
-    from llava.train.preprocess import preprocess, preprocess_multimodal
+    from llava.data.preprocess import preprocess, preprocess_multimodal
 
     hits = total = 0
     for rec in records:

@@ -8,7 +8,7 @@ Per sample: JSON shape, id present and unique, roles alternate human/gpt, ``<ima
 count vs the ``image`` key, the image exists and decodes (``--no_decode``: existence plus a PIL
 header/``verify()`` check only), the token length with every image counted as
 ``--num_image_tokens`` tokens vs ``--model_max_length``, and masking sanity through the training
-code itself (:func:`llava.train.preprocess.preprocess`: at least one supervised token, no
+code itself (:func:`llava.data.preprocess.preprocess`: at least one supervised token, no
 tokenization mismatch). ``--num_image_tokens`` is what one image occupies in the LLM sequence:
 576 for CLIP ViT-L/14-336 (24x24 patches), 577 with ``--mm_vision_select_feature cls_patch``,
 N with ``--compression_after_projection --final_spatial_size N``; add the coordinate text tokens
@@ -161,12 +161,12 @@ def _load_tokenizer(path: str) -> Any:
     """
     from transformers import AutoTokenizer
 
-    logging.getLogger("llava.train.preprocess").setLevel(logging.ERROR)  # mismatches are reported by us
+    logging.getLogger("llava.data.preprocess").setLevel(logging.ERROR)  # mismatches are reported by us
     return AutoTokenizer.from_pretrained(path, padding_side="right", use_fast=False)
 
 
 def _check_tokens(sample: dict[str, Any], index: int, sid: Any, cfg: DoctorConfig) -> list[dict[str, Any]]:
-    from llava.train.preprocess import BadSampleError, preprocess, preprocess_multimodal
+    from llava.data.preprocess import BadSampleError, preprocess, preprocess_multimodal
 
     tokenizer = _load_tokenizer(cfg.tokenizer)
     has_image = sample.get("image") is not None
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the doctor; returns the exit code (0 clean, 1 problems, 2 unusable inputs)."""
     args = build_parser().parse_args(argv)
     from llava.conversation import get_conv_template
-    from llava.train.dataset import DataFileError, load_data_file
+    from llava.data.dataset import DataFileError, load_data_file
 
     cfg = DoctorConfig(tokenizer=args.tokenizer, version=args.version, model_max_length=args.model_max_length,
                        image_folder=args.image_folder, num_image_tokens=args.num_image_tokens,

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
+from llava.utils.user_errors import fail
 
 HUMAN, GPT = "human", "gpt"
 
@@ -112,3 +113,16 @@ def first_problem(records: list[Any]) -> tuple[int, str, str, int] | None:
             if first is None:
                 first = (i, *problems[0])
     return None if first is None else (*first, n_bad)
+
+
+def check_structure(records: list[Any], data_path: str) -> None:
+    """:func:`fail` on the first structurally bad sample (:mod:`llava.data.sample_check`), with the count."""
+    found = first_problem(records)
+    if found is None:
+        return
+    index, category, detail, n_bad = found
+    sample = records[index]
+    sid = sample.get("id", f"#{index}") if isinstance(sample, dict) else f"#{index}"
+    fail(f"{n_bad} sample(s) in {data_path} cannot be trained on; the first: {category}: sample id={sid!r} (index "
+         f"{index}): {detail}. Fix them (python -m llava.data.doctor lists them all) or pass --skip_bad_samples "
+         "True to skip and count them")

@@ -105,6 +105,32 @@ def generate_embeddings(cfg: GenerateConfig,
     out = Path(cfg.output_dir)
     records = list_images(cfg.images_dir)
     identity = _run_identity(cfg, fingerprint(records), len(records))
+    complete = _previous_dataset(cfg, out, identity)
+    if complete is not None:
+        return complete
+    x_model, y_model = models if models is not None else _load_models(cfg)
+    mismatches = preprocess_mismatches(x_model, y_model)
+    if mismatches and not cfg.allow_preprocess_mismatch:
+        raise ValueError(
+            "the two models preprocess images differently (" + "; ".join(mismatches) + "). Both always get the "
+            "same pixels (the --model_7b processor's); pass --allow_preprocess_mismatch to accept that"
+        )
+    x_row, y_row = _row_shapes(cfg, x_model, y_model)
+    writer = _open_writer(cfg, out, identity, (x_model, y_model), mismatches, len(records), (x_row, y_row))
+    if not _embed_records(cfg, writer, records, (x_model, y_model), (x_row, y_row)):
+        return writer.manifest
+    manifest = writer.finalize()
+    skipped = manifest["skipped"]
+    logger.info("wrote %d rows to %s; %d unreadable images skipped%s", manifest["num_rows"], out, len(skipped),
+                "" if not skipped else " (listed under 'skipped' in manifest.json)")
+    if cfg.export_pt:
+        export_pt(out)
+    return manifest
+
+
+def _previous_dataset(cfg: GenerateConfig, out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest of an already complete dataset with these settings (None: write or resume one); a dataset
+    made with other settings, or arrays without a manifest, raise unless ``--overwrite`` (which deletes them)."""
     manifest_path = out / MANIFEST_FILE
     if cfg.overwrite:
         for name in (MANIFEST_FILE, X_FILE, Y_FILE, "embeddings.pt"):
@@ -123,38 +149,48 @@ def generate_embeddings(cfg: GenerateConfig,
     elif (out / X_FILE).exists() or (out / Y_FILE).exists():
         raise ValueError(f"--output_dir {str(out)!r} has {X_FILE}/{Y_FILE} but no {MANIFEST_FILE}; "
                          "pass --overwrite or use a new --output_dir")
+    return None
 
-    x_model, y_model = models if models is not None else _load_models(cfg)
-    mismatches = preprocess_mismatches(x_model, y_model)
-    if mismatches and not cfg.allow_preprocess_mismatch:
-        raise ValueError(
-            "the two models preprocess images differently (" + "; ".join(mismatches) + "). Both always get the "
-            "same pixels (the --model_7b processor's); pass --allow_preprocess_mismatch to accept that"
-        )
+
+def _row_shapes(cfg: GenerateConfig, x_model: EmbeddingModel,
+                y_model: EmbeddingModel) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shape of one stored row of X and of y (``(tokens, width)``, or ``(width,)`` when pooled)."""
     probe = x_model.preprocess([_blank_image(x_model)])
     (tx, dx), (ty, dy) = probe_shape(x_model, probe), probe_shape(y_model, probe)
     if cfg.pooling == "none" and tx != ty:
         raise ValueError(f"--pooling none needs the same token count from both models; X gives {tx}, y gives {ty}."
                          " Use --pooling mean")
-    x_row = (tx, dx) if cfg.pooling == "none" else (dx,)
-    y_row = (ty, dy) if cfg.pooling == "none" else (dy,)
+    return ((tx, dx), (ty, dy)) if cfg.pooling == "none" else ((dx,), (dy,))
 
-    if manifest_path.exists():
+
+def _open_writer(cfg: GenerateConfig, out: Path, identity: dict[str, Any],
+                 models: tuple[EmbeddingModel, EmbeddingModel], mismatches: list[str], n_records: int,
+                 rows: tuple[tuple[int, ...], tuple[int, ...]]) -> EmbeddingWriter:
+    """Resume the in-progress dataset in ``out`` (its row shapes must match) or create a new one."""
+    if (out / MANIFEST_FILE).exists():
         writer = EmbeddingWriter.resume(out)
         arrays = writer.manifest["arrays"]
         stored = (tuple(arrays["X"]["row_shape"]), tuple(arrays["y"]["row_shape"]))
-        if stored != (x_row, y_row):
-            raise ValueError(f"{out}: stored row shapes {stored} differ from the models' {(x_row, y_row)}; "
+        if stored != rows:
+            raise ValueError(f"{out}: stored row shapes {stored} differ from the models' {rows}; "
                              "pass --overwrite or use a new --output_dir")
-        logger.info("resuming %s at image %d/%d (%d rows)", out, writer.manifest["next_index"], len(records),
+        logger.info("resuming %s at image %d/%d (%d rows)", out, writer.manifest["next_index"], n_records,
                     writer.num_rows)
-    else:
-        base = {**identity, "models": {"X": x_model.describe(), "y": y_model.describe()},
-                "preprocessing": {"source": "X", "spec": x_model.preprocess_spec(), "mismatches": mismatches},
-                "run_config": {k: v for k, v in asdict(cfg).items() if k not in ("stop_after_batches", "progress")},
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        writer = EmbeddingWriter.create(out, base, len(records), x_row, y_row, cfg.storage_dtype)
+        return writer
+    x_model, y_model = models
+    base = {**identity, "models": {"X": x_model.describe(), "y": y_model.describe()},
+            "preprocessing": {"source": "X", "spec": x_model.preprocess_spec(), "mismatches": mismatches},
+            "run_config": {k: v for k, v in asdict(cfg).items() if k not in ("stop_after_batches", "progress")},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return EmbeddingWriter.create(out, base, n_records, *rows, cfg.storage_dtype)
 
+
+def _embed_records(cfg: GenerateConfig, writer: EmbeddingWriter, records: list[Any],
+                   models: tuple[EmbeddingModel, EmbeddingModel],
+                   rows: tuple[tuple[int, ...], tuple[int, ...]]) -> bool:
+    """Embed and append every record from the writer's ``next_index`` on; False when stopped early by
+    ``cfg.stop_after_batches`` (the dataset is left resumable)."""
+    (x_model, y_model), (x_row, y_row) = models, rows
     start = int(writer.manifest["next_index"])
     bar = tqdm(total=len(records), initial=start, unit="img", desc="embeddings", disable=not cfg.progress)
     batches, last_commit = 0, time.monotonic()
@@ -164,7 +200,7 @@ def generate_embeddings(cfg: GenerateConfig,
             writer.save_manifest()
             writer.close()
             logger.info("stopped after %d batches; rerun with the same flags to resume", batches)
-            return writer.manifest
+            return False
         chunk = records[i:i + cfg.batch_size]
         loaded, failed = load_batch(cfg.images_dir, chunk, cfg.num_workers)
         for f in failed:
@@ -182,13 +218,7 @@ def generate_embeddings(cfg: GenerateConfig,
         bar.update(len(chunk))
         batches += 1
     bar.close()
-    manifest = writer.finalize()
-    skipped = manifest["skipped"]
-    logger.info("wrote %d rows to %s; %d unreadable images skipped%s", manifest["num_rows"], out, len(skipped),
-                "" if not skipped else " (listed under 'skipped' in manifest.json)")
-    if cfg.export_pt:
-        export_pt(out)
-    return manifest
+    return True
 
 
 def _blank_image(model: EmbeddingModel) -> Any:

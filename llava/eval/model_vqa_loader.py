@@ -38,12 +38,6 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from llava.eval.permutation_report import (
-    add_permutation_args,
-    check_permutation_args,
-    enable_permutation,
-    parse_checked,
-)
 from llava.mm_utils import get_model_name_from_path, load_image, process_images
 from llava.serve.inference import (
     default_conv_mode,
@@ -53,6 +47,12 @@ from llava.serve.inference import (
     prompt_ids,
     stop_string,
     with_image_tokens,
+)
+from llava.serve.permutation import (
+    add_permutation_args,
+    check_permutation_args,
+    enable_permutation,
+    parse_checked,
 )
 from llava.utils.jsonl import parse_jsonl
 

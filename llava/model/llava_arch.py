@@ -286,3 +286,8 @@ class LlavaMetaForCausalLM:
                             f"{adapter}: embed_tokens has shape {tuple(emb.shape)}, expected {tuple(inp.shape)} "
                             f"or ({added}, ...) for the added image tokens."
                         )
+
+
+def image_tokens_per_sample(model: Any, tower: Any) -> int:
+    """Tokens one image occupies in the LLM sequence (after every add-on: compression, interleave ...)."""
+    return model.get_model().addon_pipeline().tokens_per_image(getattr(tower, "num_tokens", tower.num_patches))

@@ -11,10 +11,10 @@ import argparse
 
 from transformers import TextStreamer
 
-from llava.eval.permutation_report import add_permutation_args, enable_permutation, parse_checked
 from llava.mm_utils import load_image, process_images
 from llava.model.builder import load_pretrained_model
 from llava.serve.inference import default_conv_mode, generate_reply, new_conversation, with_image_tokens
+from llava.serve.permutation import add_permutation_args, enable_permutation, parse_checked
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ from typing import Any
 import transformers
 
 from llava.constants import DEFAULT_SELECT_LAYER, VALID_SELECT_FEATURES
+from llava.data.packing import DEFAULT_PACKING_BUFFER
 from llava.model.addons.base import Geometry
 from llava.model.addons.registry import AddonRegistry
 
@@ -71,7 +72,6 @@ ModelArguments = model_arguments_class(AddonRegistry())
 """The model flags with the built-in add-ons (``model_arguments_class`` for external ones)."""
 
 
-DEFAULT_PACKING_BUFFER = 10000
 
 
 @dataclass

@@ -202,7 +202,7 @@ def model_shape(model: Any) -> ModelShape:
     shape = dict(llm_params=n_llm, llm_trainable=n_llm_trainable, layers=layers, attn_width=width,
                  max_length=getattr(model.config, "tokenizer_model_max_length", None))
     if tower is not None:
-        from llava.train.train import image_tokens_per_sample
+        from llava.model.llava_arch import image_tokens_per_sample
 
         n_vis, n_vis_trainable = _counts(vision)
         n_proj, n_proj_trainable = _counts(projector)

@@ -24,6 +24,7 @@ if __name__ == "__main__" and not __package__:  # `python llava/train/train.py`:
 import torch
 import transformers
 
+from llava.model.llava_arch import image_tokens_per_sample
 from llava.train.arguments import (
     DataArguments,
     ModelArguments,
@@ -208,11 +209,6 @@ def setup_vision(model: Any, tokenizer: Any, model_args: ModelArguments, data_ar
     data_args.num_image_tokens = image_tokens_per_sample(model, tower)
 
 
-def image_tokens_per_sample(model: Any, tower: Any) -> int:
-    """Tokens one image occupies in the LLM sequence (after every add-on: compression, interleave ...)."""
-    return model.get_model().addon_pipeline().tokens_per_image(getattr(tower, "num_tokens", tower.num_patches))
-
-
 def find_resume_checkpoint(output_dir: str) -> str | None:
     """Newest complete ``checkpoint-N`` in ``output_dir`` (:mod:`llava.train.checkpoint_check`)."""
     from llava.train.checkpoint_check import newest_complete_checkpoint
@@ -302,18 +298,18 @@ def train(attn_implementation: str | None = None) -> None:
     if model_args.vision_tower is not None:
         setup_vision(model, tokenizer, model_args, data_args, training_args)
 
-    from llava.train.dataset import make_supervised_data_module
+    from llava.data.supervised import make_supervised_data_module
     from llava.train.trainer import LLaVATrainer
 
     data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args, records=records,
                                               eval_records=eval_records)
     if data_module["eval_dataset"] is not None:
-        from llava.train.validation import check_eval_set
+        from llava.data.supervised import check_eval_set
 
         check_eval_set(data_module["eval_dataset"])
     if data_args.packing:
+        from llava.data.packing import packed_data_module
         from llava.model.packing import runs_per_sample
-        from llava.train.packing import packed_data_module
 
         data_module = packed_data_module(data_module, data_args, training_args,
                                          one_row=runs_per_sample(model.config._attn_implementation))
@@ -350,7 +346,7 @@ def final_evaluation(trainer: Any) -> None:
 def packed_attention_choice(attn_implementation: str | None) -> str:
     """The attention a packed run uses: sdpa becomes its once-per-sample form; one line + exit 2 if unusable."""
     from llava.model.packing import PACKED_SDPA, check_packing_implementation
-    from llava.train.usage import fail
+    from llava.utils.user_errors import fail
 
     attn = attn_implementation or "sdpa"
     try:
@@ -381,7 +377,7 @@ def check_resume_checkpoint(resume: str | None, trust: bool) -> None:
     if resume is None:
         return
     from llava.train.checkpoint_trust import UntrustedCheckpointError, verify_checkpoint
-    from llava.train.usage import fail
+    from llava.utils.user_errors import fail
 
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     verdict: list[str | None] = [None]

@@ -2,7 +2,7 @@
 
 What differs from ``transformers.Trainer`` (only public/overridable Trainer methods are touched):
 
-* ``group_by_modality_length`` -> :class:`llava.train.sampler.LengthGroupedSampler` over the
+* ``group_by_modality_length`` -> :class:`llava.data.sampler.LengthGroupedSampler` over the
   dataset's ``modality_lengths`` (image and text-only samples batched separately).
 * ``mm_projector_lr`` -> the projector and the add-on modules that travel with it (by object
   identity, from the add-on registry) get their own parameter groups (decay / no decay) at that
@@ -101,7 +101,7 @@ class LLaVATrainer(ValidationMixin, ThroughputMixin, AuxLossLoggingMixin, Traine
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if dataset is None or not getattr(self.args, "group_by_modality_length", False):
             return super()._get_train_sampler(train_dataset)
-        from llava.train.sampler import LengthGroupedSampler
+        from llava.data.sampler import LengthGroupedSampler
 
         return LengthGroupedSampler(
             self.args.train_batch_size,

@@ -30,8 +30,6 @@ import torch
 import torch.nn.functional as F
 
 from llava.constants import IGNORE_INDEX
-from llava.train.dataset import LazySupervisedDataset
-from llava.train.preprocess import BadSampleError
 
 N_FIXED = 4  # per-sample columns before the auxiliary terms: loss sum, tokens, correct, image batch
 
@@ -62,33 +60,6 @@ def returns_llava_labels(model: Any) -> bool:
     get_base = getattr(model, "get_base_model", None)
     base = get_base() if callable(get_base) else model
     return isinstance(base, LlavaCausalLMMixin)
-
-
-class EvalSupervisedDataset(LazySupervisedDataset):
-    """The validation set: with ``--skip_bad_samples`` a bad sample becomes an empty row (no supervised
-    token, counted in the skip report), instead of the training set's next good sample."""
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        item = self.get_or_none(i)
-        if item is not None:
-            return item
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        return dict(input_ids=torch.tensor([pad]), labels=torch.tensor([IGNORE_INDEX]))
-
-
-def check_eval_set(dataset: EvalSupervisedDataset) -> None:
-    """Render every validation sample's tokens, check their length and find its image file at launch, so a
-    bad one stops the run now (one line, exit 2) rather than at the first evaluation; with
-    ``--skip_bad_samples`` it is counted and left out instead."""
-    from llava.train.usage import fail
-
-    for i in range(len(dataset)):
-        try:
-            dataset.precheck(i)
-        except BadSampleError as err:
-            if not dataset.skip_bad_samples:
-                fail(f"validation set: {err}")
-            dataset.mark_bad(i, err.category)
 
 
 class ValidationMixin:

@@ -17,7 +17,7 @@ from llava.utils.atomic import atomic_write_json
 from llava.workflows.stage_records import Checksums, StageCheck, load_json
 
 if TYPE_CHECKING:
-    from llava.workflows.three_stage import EvalConfig, Runner, StageStep, WorkflowConfig
+    from llava.workflows.plan import EvalConfig, Runner, StageStep, WorkflowConfig
 
 
 def log_tail(log: Path, n: int = 3000) -> str:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from llava.utils.atomic import atomic_write_json
 
 if TYPE_CHECKING:
-    from llava.workflows.three_stage import StageStep
+    from llava.workflows.plan import StageStep
 
 RECORD, STARTED, PLAN = "stage.json", "started.json", "plan.json"
 BIG_FILE = 64 << 20  # files this large are hashed once per (size, mtime) and cached

@@ -68,9 +68,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from transformers import AutoImageProcessor, AutoTokenizer
 
+    from llava.data.supervised import make_supervised_data_module
     from llava.testing.tiny_models import build_clip, build_tokenizer
     from llava.train.arguments import DataArguments
-    from llava.train.dataset import make_supervised_data_module
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

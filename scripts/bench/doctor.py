@@ -4,7 +4,7 @@ Builds a synthetic LLaVA-format set in a temp dir (small JPEG/PNG images with co
 per image sample; 1-3 question/answer rounds; a share of text-only samples), the tiny
 sentencepiece tokenizer from ``llava.testing.tiny_models``, then times
 :func:`llava.data.doctor.run_checks` (the whole check: shape, roles, placeholders, template masking
-through ``llava.train.preprocess``, token length, image existence + decode or verify) for each
+through ``llava.data.preprocess``, token length, image existence + decode or verify) for each
 worker count.
 
     python scripts/bench/doctor.py [--num_samples 5000] [--image_size 64] [--workers 1 2]
@@ -63,9 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=sorted({1, os.cpu_count() or 1}))
     args = parser.parse_args(argv)
 
+    from llava.data.dataset import load_data_file
     from llava.data.doctor import DoctorConfig, _load_tokenizer, run_checks
     from llava.testing.tiny_models import build_tokenizer
-    from llava.train.dataset import load_data_file
 
     with tempfile.TemporaryDirectory(prefix="doctor_bench_") as tmp:
         root = Path(tmp)

@@ -12,8 +12,8 @@ samples/s, real tokens/s, padding, peak memory and MFU, and appends a row per ru
 ``--packing`` measures stage 2 only, twice on the same synthetic samples (``--steps`` x batch of
 them; 200-1400 text tokens plus one 576-token image, a quarter text-only with 200-1500 tokens):
 padded batches of ``batch`` samples (upstream's collator) and packed rows
-(:func:`llava.train.packing.first_fit_decreasing` into rows of 2048 tokens, ``batch`` rows a step,
-:class:`llava.train.packing.PackedCollator`; under sdpa the packed rows run attention once per sample,
+(:func:`llava.data.packing.first_fit_decreasing` into rows of 2048 tokens, ``batch`` rows a step,
+:class:`llava.data.packing.PackedCollator`; under sdpa the packed rows run attention once per sample,
 ``llava_packed_sdpa``, as training with ``--packing`` does); it prints useful tokens/s, padding, peak
 memory, step time and the packed/padded ratios.
 
@@ -118,8 +118,8 @@ def synthetic_samples(model: LlavaLlamaForCausalLM, n: int, tiny: bool) -> list[
 def padded_and_packed(items: list[dict[str, torch.Tensor]], rows: int, capacity: int,
                       tokens_per_image: int) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
     """The same samples as padded batches of ``rows`` samples and as packed rows, ``rows`` a step."""
-    from llava.train.dataset import DataCollatorForSupervisedDataset
-    from llava.train.packing import PackedCollator, first_fit_decreasing, sequence_lengths
+    from llava.data.dataset import DataCollatorForSupervisedDataset
+    from llava.data.packing import PackedCollator, first_fit_decreasing, sequence_lengths
 
     padded_collate = DataCollatorForSupervisedDataset(SimpleNamespace(model_max_length=capacity, pad_token_id=0))
     padded = [padded_collate(items[i:i + rows]) for i in range(0, len(items), rows)]

@@ -82,7 +82,7 @@ def padded_steps(samples: list[dict[str, Any]], batch: int, world: int, seed: in
     """Steps of rows (one sample per row) in ``--group_by_modality_length`` order."""
     import torch
 
-    from llava.train.sampler import get_modality_length_grouped_indices
+    from llava.data.sampler import get_modality_length_grouped_indices
 
     signed = [s["words"] if s["image"] else -s["words"] for s in samples]
     order = get_modality_length_grouped_indices(signed, batch, world, torch.Generator().manual_seed(seed))
@@ -94,8 +94,8 @@ def packed_steps(samples: list[dict[str, Any]], image_tokens: int, rows: int, wo
     """Steps of ``rows`` packs, packed and ordered as ``packed_data_module`` + the Trainer's sampler do."""
     import torch
 
-    from llava.train.packing import first_fit_decreasing
-    from llava.train.sampler import get_modality_length_grouped_indices
+    from llava.data.packing import first_fit_decreasing
+    from llava.data.sampler import get_modality_length_grouped_indices
 
     lengths = [llm_length(s, image_tokens) for s in samples]
     modality = [int(s["image"]) for s in samples] if groups else None  # 1 = image, 0 = text-only
@@ -169,10 +169,10 @@ def _build(spec: dict[str, Any]) -> tuple[Any, Any, Any]:
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from llava.data.dataset import DataCollatorForSupervisedDataset
+    from llava.data.packing import PackedCollator
     from llava.model.packing import PACKED_SDPA
     from llava.testing.tiny_llava import build_tiny_llava
-    from llava.train.dataset import DataCollatorForSupervisedDataset
-    from llava.train.packing import PackedCollator
 
     hf_logging.set_verbosity_error()
     model = build_tiny_llava(spec["llm"], spec["clip"], **spec["flags"])
@@ -423,7 +423,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.steps is not None:
         args.samples = args.steps * args.batch
     if args.buffer is None:
-        from llava.train.arguments import DEFAULT_PACKING_BUFFER
+        from llava.data.packing import DEFAULT_PACKING_BUFFER
 
         args.buffer = DEFAULT_PACKING_BUFFER
     return args

@@ -36,12 +36,14 @@ import torch
 from torch.utils.data import Dataset
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from llava.train.preprocess import BadSampleError
+from llava.data.preprocess import BadSampleError
 from llava.utils.atomic import atomic_write_json
+from llava.utils.user_errors import fail
 
 logger = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 CACHE_FILE = "packing_lengths.json"
+DEFAULT_PACKING_BUFFER = 10000  # samples shuffled and packed together (--packing_buffer_size 0)
 
 
 # ---- lengths ----
@@ -176,7 +178,7 @@ def exclude_bad(dataset: Any, lengths: list[int], capacity: int, skip: bool) -> 
 # ---- dataset and collator ----
 
 class PackedDataset(Dataset):
-    """Pack ``k`` of a :class:`~llava.train.dataset.LazySupervisedDataset`: the list of its samples' items."""
+    """Pack ``k`` of a :class:`~llava.data.dataset.LazySupervisedDataset`: the list of its samples' items."""
 
     def __init__(self, inner: Any, packs: list[list[int]], lengths: Sequence[int]) -> None:
         self.inner = inner
@@ -289,9 +291,6 @@ def packed_data_module(data_module: dict[str, Any], data_args: Any, training_arg
 
     ``one_row``: each batch's packs in a single row (:class:`PackedCollator`).
     """
-    from llava.train.arguments import DEFAULT_PACKING_BUFFER
-    from llava.train.usage import fail
-
     dataset = data_module["train_dataset"]
     cache = data_args.packing_length_cache or os.path.join(training_args.output_dir, CACHE_FILE)
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed

@@ -32,9 +32,9 @@ from torch.utils.data import Dataset
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import get_conv_template
+from llava.data.preprocess import BAD_SAMPLE_CATEGORIES, BadSampleError, preprocess, preprocess_multimodal
 from llava.data.sample_check import structural_problems
 from llava.mm_utils import image_to_tensor, load_image
-from llava.train.preprocess import BAD_SAMPLE_CATEGORIES, BadSampleError, preprocess, preprocess_multimodal
 from llava.utils.image_files import image_inside_folder
 
 __all__ = [
@@ -43,7 +43,6 @@ __all__ = [
     "DataFileError",
     "LazySupervisedDataset",
     "load_data_file",
-    "make_supervised_data_module",
 ]
 
 logger = logging.getLogger(__name__)
@@ -431,29 +430,3 @@ class DataCollatorForSupervisedDataset:
         if images:
             batch["images"] = torch.stack(images, dim=0)
         return batch
-
-
-def make_supervised_data_module(tokenizer: Any, data_args: Any, records: Sequence[Any] | None = None,
-                                eval_records: Sequence[Any] | None = None) -> dict[str, Any]:
-    """``dict(train_dataset=..., eval_dataset=..., data_collator=...)`` for the HF Trainer.
-
-    ``records`` / ``eval_records``: the data files already read (``train()`` reads them before any weights
-    load). ``eval_dataset`` is None without ``--eval_data_path``; its images come from
-    ``--eval_image_folder`` (default ``--image_folder``).
-    """
-    train_dataset = LazySupervisedDataset(data_args.data_path, tokenizer, data_args, list_data_dict=records)
-    eval_dataset = None
-    eval_path = getattr(data_args, "eval_data_path", None)
-    if eval_path:
-        import copy
-
-        from llava.train.validation import EvalSupervisedDataset
-
-        eval_args = copy.copy(data_args)
-        eval_args.image_folder = getattr(data_args, "eval_image_folder", None) or data_args.image_folder
-        eval_dataset = EvalSupervisedDataset(eval_path, tokenizer, eval_args, list_data_dict=eval_records)
-    return dict(
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        data_collator=DataCollatorForSupervisedDataset(tokenizer),
-    )
