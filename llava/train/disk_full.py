@@ -15,20 +15,21 @@ import shutil
 from llava.train.checkpoint_check import CHECKPOINT_RE, MANIFEST
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-TORCH_WRITE_FAILED = ("file write failed", "No space left on device", "unexpected pos")
+TORCH_WRITE_FAILED = ("file write failed", "No space left on device", "iostream error", "unexpected pos")
 
 
 class DiskFullError(OSError):
     """The disk filled up during a save; the message is the one line to show the user."""
 
 
-def is_disk_full(err: BaseException) -> bool:
-    """True when ``err`` (or an exception it was raised from) reports a full disk or quota."""
+def is_disk_full(err: BaseException, free: int, needed: int) -> bool:
+    """True when ``err`` (or one it was raised from) is ENOSPC/EDQUOT, or torch's writer failing with
+    less than ``needed`` bytes ``free`` (torch drops the errno: "file write failed", "iostream error")."""
     seen: BaseException | None = err
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno in FULL_ERRNOS:
             return True
-        if isinstance(seen, RuntimeError) and any(text in str(seen) for text in TORCH_WRITE_FAILED):
+        if isinstance(seen, RuntimeError) and free < needed and any(t in str(seen) for t in TORCH_WRITE_FAILED):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -50,11 +51,11 @@ def newest_complete(run_dir: str, besides: str) -> str | None:
 
 def check_disk_full(err: BaseException, folder: str, run_dir: str) -> None:
     """Raise :class:`DiskFullError` (one line) if ``err`` is a full disk while saving ``folder``; else return."""
-    if not is_disk_full(err):
-        return
     partial = folder_bytes(folder) if os.path.isdir(folder) else 0
     previous = newest_complete(run_dir, folder)
     needed = folder_bytes(previous) if previous else partial
+    if not is_disk_full(err, shutil.disk_usage(run_dir).free, max(needed, 1 << 20)):
+        return
     shutil.rmtree(folder, ignore_errors=True)  # unfinished (no manifest): frees what it took
     free = shutil.disk_usage(run_dir).free
     intact = (f"the previous checkpoint {previous} is intact (rerun after freeing space to resume from it)"
