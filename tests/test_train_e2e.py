@@ -155,3 +155,32 @@ def test_resume_refuses_a_planted_payload(workdir, pretrained, base_env, data):
         assert len(errors) == 1 and expected in errors[0] and str(states) in errors[0], errors
         assert "Traceback" not in log.read_text() and not marker.exists()
         write_manifest(newest)  # second round: an attacker who rewrites the manifest too
+
+
+def test_resume_refuses_latest_outside_the_checkpoint(workdir, pretrained, base_env, data):
+    """Issue 26 row 1 under DeepSpeed: ``latest`` names an absolute folder holding crafted model states, the
+    manifest rewritten to match. The real stage script's automatic resume refuses it (one line naming
+    ``latest``, exit 2) before DeepSpeed opens anything, and the payload never runs."""
+    import shutil
+
+    from test_checkpoint_trust import Payload
+
+    from llava.train.checkpoint_trust import write_manifest
+
+    out = workdir / "latest_outside"
+    shutil.copytree(pretrained, out)
+    newest = out / "checkpoint-6"
+    elsewhere = workdir / "elsewhere" / "global_step6"
+    shutil.copytree(newest / "global_step6", elsewhere)
+    states = elsewhere / "mp_rank_00_model_states.pt"
+    marker = workdir / "PWNED_LATEST"
+    torch.save({**torch.load(states, weights_only=True), "payload": Payload(marker)}, states)
+    (newest / "latest").write_text(str(elsewhere))
+    write_manifest(newest)
+    log = workdir / "latest_outside.log"
+    env = dict(base_env, DATA_PATH=data.pretrain_json, OUTPUT_DIR=out, MAX_STEPS=8, SAVE_STEPS=3, LR=1e-2)
+    proc = _start("pretrain.sh", log, **env)
+    assert proc.wait(timeout=STAGE_TIMEOUT_S) == 2, log.read_text()[-3000:]
+    errors = [x for x in log.read_text().splitlines() if x.startswith("error: not resuming")]
+    assert len(errors) == 1 and f"{newest / 'latest'} names {str(elsewhere)!r}, not the plain name" in errors[0]
+    assert "Traceback" not in log.read_text() and not marker.exists()
