@@ -184,3 +184,24 @@ def test_resume_refuses_latest_outside_the_checkpoint(workdir, pretrained, base_
     errors = [x for x in log.read_text().splitlines() if x.startswith("error: not resuming")]
     assert len(errors) == 1 and f"{newest / 'latest'} names {str(elsewhere)!r}, not the plain name" in errors[0]
     assert "Traceback" not in log.read_text() and not marker.exists()
+
+
+def test_pretrain_killed_writing_the_manifest_resumes_bit_identical(workdir, base_env, data):
+    """The DeepSpeed case of the kill-in-every-phase test (tests/test_save_kill.py has every phase in-process):
+    pretrain.sh on 2 ranks, ``SAVE_TOTAL_LIMIT=1``, SIGKILLed with checkpoint-8's manifest half-written. The
+    previous checkpoint survives (rotation waits for the manifest); the rerun resumes from it and ends with
+    the uninterrupted run's projector, byte for byte."""
+    from llava.train.checkpoint_check import MANIFEST
+    from llava.train.save_hook import ENV
+
+    env = dict(base_env, DATA_PATH=data.pretrain_json, MAX_STEPS=8, SAVE_STEPS=4, LR=1e-2)
+    straight, out = workdir / "ds_straight", workdir / "ds_killed"
+    _run("pretrain.sh", workdir / "ds_straight.log", **env, OUTPUT_DIR=straight)
+    log = workdir / "ds_killed.log"
+    proc = _start("pretrain.sh", log, **env, OUTPUT_DIR=out, **{ENV: "manifest@8"})
+    assert proc.wait(timeout=STAGE_TIMEOUT_S) != 0, log.read_text()[-3000:]
+    assert (out / "checkpoint-4" / MANIFEST).is_file() and not (out / "checkpoint-8" / MANIFEST).exists()
+    resumed = _run("pretrain.sh", workdir / "ds_resumed.log", **env, OUTPUT_DIR=out)
+    assert f"resuming from {out / 'checkpoint-4'}" in resumed
+    assert (out / "mm_projector.bin").read_bytes() == (straight / "mm_projector.bin").read_bytes()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-8"]
