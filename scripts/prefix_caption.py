@@ -33,6 +33,7 @@ from llava.contrastive import (  # noqa: E402
     synthetic_shapes,
     train_captioning,
 )
+from llava.contrastive.config import RemoteCodeRefusedError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image_size", type=int, default=32)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default="auto")
+    p.add_argument("--trust_remote_code", type=_true_false, default=False,
+                   help="True: run the Python of the LLM / aligner encoders named (never turned on by a config file)")
     return p
+
+
+def _true_false(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+    return text.lower() in ("true", "1", "yes")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -78,8 +87,12 @@ def main(argv: list[str] | None = None) -> dict:
                     lora_r=args.lora_r, lora_alpha=args.lora_alpha,
                     lora_target_modules=tuple(m for m in args.lora_target_modules.split(",") if m),
                     lora_lr=args.lora_lr, lr=args.lr, max_new_tokens=args.max_new_tokens, device=args.device,
-                    seed=args.seed)
-    aligner = VisionTextAligner.load(args.aligner_dir, device=cfg.device)
+                    seed=args.seed, trust_remote_code=args.trust_remote_code)
+    try:
+        aligner = VisionTextAligner.load(args.aligner_dir, device=cfg.device, trust_remote_code=args.trust_remote_code)
+    except RemoteCodeRefusedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     model = MultimodalLLM(aligner, cfg)
     if args.synthetic:
         train_recs = synthetic_shapes(args.synthetic, image_size=args.image_size, seed=args.seed)

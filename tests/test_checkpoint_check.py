@@ -55,3 +55,34 @@ def test_no_complete_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "checkpoint-3").mkdir()
     (tmp_path / "checkpoint-x").mkdir()
     assert newest_complete_checkpoint(tmp_path) is None
+
+
+def _manifested(folder: Path, step: int) -> Path:
+    from llava.train.checkpoint_trust import write_manifest
+
+    ck = _complete(folder, step)
+    write_manifest(ck)
+    return ck
+
+
+def test_rotation_deletes_only_complete_checkpoints_beyond_the_limit(tmp_path: Path) -> None:
+    from llava.train.checkpoint_check import rotate_checkpoints
+
+    for step in (2, 4):
+        _manifested(tmp_path, step)
+    unfinished = _complete(tmp_path, 6)  # no manifest: a save in progress or killed
+    newest = _manifested(tmp_path, 8)
+    (tmp_path / "checkpoint-1.deleting").mkdir()  # a rotation killed mid-delete
+    deleted = rotate_checkpoints(tmp_path, 1, newest=str(newest), step=8)
+    assert deleted == [str(tmp_path / "checkpoint-2"), str(tmp_path / "checkpoint-4")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-6", "checkpoint-8"]
+    assert unfinished.is_dir()
+
+
+def test_rotation_keeps_the_best_and_nothing_without_a_limit(tmp_path: Path) -> None:
+    from llava.train.checkpoint_check import rotate_checkpoints
+
+    cks = [_manifested(tmp_path, step) for step in (2, 4, 6)]
+    assert rotate_checkpoints(tmp_path, None, newest=str(cks[-1])) == []
+    assert rotate_checkpoints(tmp_path, 1, newest=str(cks[-1]), best=str(cks[0])) == [str(cks[1])]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-6"]

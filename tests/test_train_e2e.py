@@ -155,3 +155,53 @@ def test_resume_refuses_a_planted_payload(workdir, pretrained, base_env, data):
         assert len(errors) == 1 and expected in errors[0] and str(states) in errors[0], errors
         assert "Traceback" not in log.read_text() and not marker.exists()
         write_manifest(newest)  # second round: an attacker who rewrites the manifest too
+
+
+def test_resume_refuses_latest_outside_the_checkpoint(workdir, pretrained, base_env, data):
+    """Issue 26 row 1 under DeepSpeed: ``latest`` names an absolute folder holding crafted model states, the
+    manifest rewritten to match. The real stage script's automatic resume refuses it (one line naming
+    ``latest``, exit 2) before DeepSpeed opens anything, and the payload never runs."""
+    import shutil
+
+    from test_checkpoint_trust import Payload
+
+    from llava.train.checkpoint_trust import write_manifest
+
+    out = workdir / "latest_outside"
+    shutil.copytree(pretrained, out)
+    newest = out / "checkpoint-6"
+    elsewhere = workdir / "elsewhere" / "global_step6"
+    shutil.copytree(newest / "global_step6", elsewhere)
+    states = elsewhere / "mp_rank_00_model_states.pt"
+    marker = workdir / "PWNED_LATEST"
+    torch.save({**torch.load(states, weights_only=True), "payload": Payload(marker)}, states)
+    (newest / "latest").write_text(str(elsewhere))
+    write_manifest(newest)
+    log = workdir / "latest_outside.log"
+    env = dict(base_env, DATA_PATH=data.pretrain_json, OUTPUT_DIR=out, MAX_STEPS=8, SAVE_STEPS=3, LR=1e-2)
+    proc = _start("pretrain.sh", log, **env)
+    assert proc.wait(timeout=STAGE_TIMEOUT_S) == 2, log.read_text()[-3000:]
+    errors = [x for x in log.read_text().splitlines() if x.startswith("error: not resuming")]
+    assert len(errors) == 1 and f"{newest / 'latest'} names {str(elsewhere)!r}, not the plain name" in errors[0]
+    assert "Traceback" not in log.read_text() and not marker.exists()
+
+
+def test_pretrain_killed_writing_the_manifest_resumes_bit_identical(workdir, base_env, data):
+    """The DeepSpeed case of the kill-in-every-phase test (tests/test_save_kill.py has every phase in-process):
+    pretrain.sh on 2 ranks, ``SAVE_TOTAL_LIMIT=1``, SIGKILLed with checkpoint-8's manifest half-written. The
+    previous checkpoint survives (rotation waits for the manifest); the rerun resumes from it and ends with
+    the uninterrupted run's projector, byte for byte."""
+    from llava.train.checkpoint_check import MANIFEST
+    from llava.train.save_hook import ENV
+
+    env = dict(base_env, DATA_PATH=data.pretrain_json, MAX_STEPS=8, SAVE_STEPS=4, LR=1e-2)
+    straight, out = workdir / "ds_straight", workdir / "ds_killed"
+    _run("pretrain.sh", workdir / "ds_straight.log", **env, OUTPUT_DIR=straight)
+    log = workdir / "ds_killed.log"
+    proc = _start("pretrain.sh", log, **env, OUTPUT_DIR=out, **{ENV: "manifest@8"})
+    assert proc.wait(timeout=STAGE_TIMEOUT_S) != 0, log.read_text()[-3000:]
+    assert (out / "checkpoint-4" / MANIFEST).is_file() and not (out / "checkpoint-8" / MANIFEST).exists()
+    resumed = _run("pretrain.sh", workdir / "ds_resumed.log", **env, OUTPUT_DIR=out)
+    assert f"resuming from {out / 'checkpoint-4'}" in resumed
+    assert (out / "mm_projector.bin").read_bytes() == (straight / "mm_projector.bin").read_bytes()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-8"]

@@ -12,6 +12,25 @@ from typing import Any
 import numpy as np
 import torch
 
+TRUST_FLAG = "--trust_remote_code True"
+
+
+class RemoteCodeRefusedError(ValueError):
+    """A config file in a folder we load asks for ``trust_remote_code``; only the command line may."""
+
+
+def trust_from_flag(d: dict[str, Any], path: str | os.PathLike, trust_remote_code: bool) -> dict[str, Any]:
+    """``d`` with ``trust_remote_code`` set from the flag; a file that asks for it without the flag is refused.
+
+    Code from a model folder runs only when the user typed :data:`TRUST_FLAG`: a config file saved next to
+    the weights (``alignment_config.json``, ``llm_config.json``) can never turn it on.
+    """
+    if d.get("trust_remote_code") not in (None, False) and not trust_remote_code:
+        raise RemoteCodeRefusedError(
+            f"{path} asks for \"trust_remote_code\": true, which a config file cannot turn on: pass {TRUST_FLAG} "
+            f"to run the Python of the models it names, or set it to false in {path}")
+    return {**d, "trust_remote_code": bool(trust_remote_code)}
+
 
 def get_device() -> str:
     """The best available device name: ``cuda``, then ``mps``, else ``cpu``."""
@@ -109,12 +128,12 @@ class AlignmentConfig:
         return cls(**kw)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> AlignmentConfig:
-        """Read a config written by :meth:`save`."""
+    def load(cls, path: str | os.PathLike, trust_remote_code: bool = False) -> AlignmentConfig:
+        """Read a config written by :meth:`save`; ``trust_remote_code`` comes from the caller's flag only."""
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"alignment config {p} not found; pass the --output_dir of the phase-1 run")
-        return cls.from_dict(json.loads(p.read_text()))
+        return cls.from_dict(trust_from_flag(json.loads(p.read_text()), p, trust_remote_code))
 
 
 @dataclass

@@ -171,13 +171,17 @@ class VisionTextAligner(nn.Module):
         torch.save({"state_dict": state, "vision_dim": self.vision_dim, "text_dim": self.text_dim}, out / "aligner.pt")
 
     @classmethod
-    def load(cls, out_dir: str | os.PathLike, load_encoders: bool = True, device: str | None = None
-             ) -> VisionTextAligner:
-        """Rebuild an aligner saved by :meth:`save` (encoders re-loaded from the names in the config)."""
+    def load(cls, out_dir: str | os.PathLike, load_encoders: bool = True, device: str | None = None,
+             trust_remote_code: bool = False) -> VisionTextAligner:
+        """Rebuild an aligner saved by :meth:`save` (encoders re-loaded from the names in the config).
+
+        ``trust_remote_code``: the user's flag; the saved config cannot turn it on
+        (:func:`llava.contrastive.config.trust_from_flag`).
+        """
         out = Path(out_dir)
         if not (out / "aligner.pt").is_file():
             raise FileNotFoundError(f"{out / 'aligner.pt'} not found; pass the --output_dir of a phase-1 run")
-        cfg = AlignmentConfig.load(out / "alignment_config.json")
+        cfg = AlignmentConfig.load(out / "alignment_config.json", trust_remote_code=trust_remote_code)
         if device is not None:
             cfg.device = device
         blob = torch.load(out / "aligner.pt", map_location="cpu", weights_only=True)

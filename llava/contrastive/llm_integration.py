@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from llava.contrastive.config import LLMConfig
+from llava.contrastive.config import LLMConfig, trust_from_flag
 from llava.contrastive.core import VisionTextAligner
 from llava.contrastive.data import ImageTextDataset, _open
 
@@ -187,16 +187,19 @@ class MultimodalLLM(nn.Module):
             self.llm.save_pretrained(str(out / "lora"))
 
     @classmethod
-    def load(cls, out_dir: str | os.PathLike, device: str | None = None) -> MultimodalLLM:
-        """Rebuild a model saved by :meth:`save`."""
+    def load(cls, out_dir: str | os.PathLike, device: str | None = None, trust_remote_code: bool = False
+             ) -> MultimodalLLM:
+        """Rebuild a model saved by :meth:`save`; ``trust_remote_code`` is the user's flag, never the files'."""
         out = Path(out_dir)
         if not (out / "projector.pt").is_file():
             raise FileNotFoundError(f"{out / 'projector.pt'} not found; pass the --output_dir of a phase-2 run")
-        cfg = LLMConfig.from_dict(json.loads((out / "llm_config.json").read_text()))
+        config_file = out / "llm_config.json"
+        cfg = LLMConfig.from_dict(trust_from_flag(json.loads(config_file.read_text()), config_file, trust_remote_code))
         if device is not None:
             cfg.device = device
         use_lora, cfg.use_lora = cfg.use_lora, False
-        model = cls(VisionTextAligner.load(out / "aligner", device=cfg.device), cfg)
+        aligner = VisionTextAligner.load(out / "aligner", device=cfg.device, trust_remote_code=trust_remote_code)
+        model = cls(aligner, cfg)
         if use_lora:
             from peft import PeftModel
 

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 if __name__ == "__main__" and not __package__:  # `python llava/train/train.py`: make `llava` importable
@@ -32,6 +33,7 @@ from llava.train.arguments import (
     model_arguments_class,
     validate_args,
 )
+from llava.utils.run_lock import release_lock
 
 logger = logging.getLogger("llava.train")
 
@@ -274,6 +276,17 @@ def train(attn_implementation: str | None = None) -> None:
     if data_args.packing:
         attn_implementation = packed_attention_choice(attn_implementation)
     init_distributed(training_args)
+    lock = take_output_lock(training_args.output_dir)
+    try:
+        run_stage(model_args, data_args, training_args, records, eval_records, attn_implementation)
+    finally:
+        release_lock(lock)
+    _shutdown_distributed()
+
+
+def run_stage(model_args: Any, data_args: DataArguments, training_args: TrainingArguments, records: Any,
+              eval_records: Any, attn_implementation: str | None) -> None:
+    """One stage on parsed arguments, holding the output folder's lock: resume check, model, data, train, save."""
     resume = find_resume_checkpoint(training_args.output_dir)
     check_resume_checkpoint(resume, training_args.trust_checkpoint)
     transformers.set_seed(training_args.seed)  # before any module is built: the projector's init is seeded
@@ -322,7 +335,13 @@ def train(attn_implementation: str | None = None) -> None:
     if resume is not None:
         logger.info("resuming from %s", resume)
         restore_skipped(data_module.get("train_dataset"), resume)
-    trainer.train(resume_from_checkpoint=resume)
+    from llava.train.disk_full import DiskFullError
+    from llava.train.usage import fail
+
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except DiskFullError as err:
+        fail(str(err))
     final_evaluation(trainer)
     trainer.save_state()
 
@@ -330,7 +349,6 @@ def train(attn_implementation: str | None = None) -> None:
     trainer.save_model(training_args.output_dir)
     _report_skips(data_module.get("train_dataset"), training_args)
     _report_skips(data_module.get("eval_dataset"), training_args, "validation set: ")
-    _shutdown_distributed()
 
 
 def final_evaluation(trainer: Any) -> None:
@@ -390,6 +408,26 @@ def check_resume_checkpoint(resume: str | None, trust: bool) -> None:
         torch.distributed.broadcast_object_list(verdict, src=0)
     if verdict[0] is not None:
         fail(verdict[0])
+
+
+def take_output_lock(output_dir: str) -> Path | None:
+    """Rank 0 takes ``output_dir``'s lock (:mod:`llava.utils.run_lock`); one line + exit 2 on every rank if held."""
+    from llava.train.usage import fail
+    from llava.utils.run_lock import OutputDirLockedError, acquire_lock
+
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    lock: Path | None = None
+    verdict: list[str | None] = [None]
+    if not distributed or torch.distributed.get_rank() == 0:
+        try:
+            lock = acquire_lock(output_dir)
+        except OutputDirLockedError as err:
+            verdict[0] = str(err)
+    if distributed:
+        torch.distributed.broadcast_object_list(verdict, src=0)
+    if verdict[0] is not None:
+        fail(verdict[0])
+    return lock
 
 
 def _shutdown_distributed() -> None:

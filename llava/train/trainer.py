@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Iterable
 from typing import Any
 
@@ -167,10 +168,14 @@ class LLaVATrainer(ValidationMixin, ThroughputMixin, AuxLossLoggingMixin, Traine
         self.sanitize_generation_config()
         if self.is_projector_only():
             self._save_projector(output_dir)
-            return
-        super().save_model(output_dir, _internal_call=_internal_call)
-        if self.is_lora():
-            self._save_non_lora(output_dir)
+        else:
+            super().save_model(output_dir, _internal_call=_internal_call)
+            if self.is_lora():
+                self._save_non_lora(output_dir)
+        if _internal_call:
+            from llava.train.save_hook import stop_if_asked
+
+            stop_if_asked("model", self.state.global_step)
 
     def _save_projector(self, output_dir: str) -> None:
         model = self._unwrapped()
@@ -196,23 +201,56 @@ class LLaVATrainer(ValidationMixin, ThroughputMixin, AuxLossLoggingMixin, Traine
         atomic_save_config(model.config, output_dir)
         logger.info("saved %d non-LoRA trainable tensors to %s/%s", len(state), output_dir, NON_LORA_FILE)
 
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        from llava.train.save_hook import stop_if_asked
+
+        stop_if_asked("optimizer", self.state.global_step)
+
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        """HF's checkpoint, then (every rank done) the converter warning and ``llava_manifest.json`` on rank 0."""
-        super()._save_checkpoint(model, trial)
+        """HF's checkpoint, the manifest on rank 0 once every rank is done, and only then the rotation.
+
+        HF rotates inside its ``_save_checkpoint``, before our manifest exists: a kill there left only an
+        unfinished checkpoint. So HF's rotation is held off (``save_total_limit`` is None for the call) and
+        :func:`llava.train.checkpoint_check.rotate_checkpoints` runs after the manifest is on disk. An
+        unfinished folder of the same step (a killed save, resumed from an earlier one) is removed first.
+        """
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+        from llava.train.checkpoint_check import MANIFEST, rotate_checkpoints
         from llava.train.checkpoint_trust import mark_converter_scripts, write_manifest
+        from llava.train.disk_full import check_disk_full
+        from llava.train.save_hook import stop_if_asked
 
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        step = self.state.global_step
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+        if self.args.should_save and os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, MANIFEST)):
+            shutil.rmtree(folder)  # a save of this step that was killed before it finished
+        self.accelerator.wait_for_everyone()
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        except (OSError, RuntimeError) as err:
+            check_disk_full(err, folder, run_dir)  # DiskFullError (one line) when the disk is full
+            raise
+        finally:
+            self.args.save_total_limit = limit
+        stop_if_asked("trainer_state", step)
         dataset = self.train_dataset
         if hasattr(dataset, "sync_across_ranks"):
             dataset.sync_across_ranks()  # collective: every rank's skipped samples, counted once
         self.accelerator.wait_for_everyone()  # other ranks' ZeRO shards are written
         if self.args.should_save and os.path.isdir(folder):
-            if hasattr(dataset, "status_record"):
-                atomic_write_json(os.path.join(folder, SKIPPED_FILE), dataset.status_record())
-            mark_converter_scripts(folder)
-            write_manifest(folder)
+            try:
+                if hasattr(dataset, "status_record"):
+                    atomic_write_json(os.path.join(folder, SKIPPED_FILE), dataset.status_record())
+                mark_converter_scripts(folder)
+                write_manifest(folder, step=step)
+            except OSError as err:
+                check_disk_full(err, folder, run_dir)
+                raise
+            rotate_checkpoints(run_dir, limit, newest=folder, best=self.state.best_model_checkpoint, step=step)
         self.accelerator.wait_for_everyone()
 
     # ---- resuming (non-DeepSpeed path; DeepSpeed restores from its own global_step* folder) ----
