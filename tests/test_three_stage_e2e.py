@@ -45,9 +45,11 @@ def _assert_e2e_stage(root: Path, folder: str, steps: int) -> dict:
     return evals[-1]
 
 
-def test_three_stage_sh_123_then_23_on_tiny_models(tmp_path, tiny_llama, tiny_clip):
+def test_three_stage_sh_123_then_23_then_a_changed_rerun(tmp_path, tiny_llama, tiny_clip):
     """STAGES=1,2,3 then STAGES=2,3 into one OUTPUT_ROOT, validating every step: five folders, the summary
-    with the three pictures and the final validation values, plan.json equal to the folders."""
+    with the three pictures and the final validation values, plan.json equal to the folders. Then the 2-3
+    chain rerun with another STAGE3_LR is refused, and forced (one chain trained for both checks: the
+    suite's time)."""
     from e2e_helpers import _run
 
     data, domain, qs, ans = _domain_data(tmp_path)
@@ -55,7 +57,7 @@ def test_three_stage_sh_123_then_23_on_tiny_models(tmp_path, tiny_llama, tiny_cl
     common = dict(OUTPUT_ROOT=root, MODEL_NAME=tiny_llama, VISION_TOWER=tiny_clip, STAGE1_DATA=data.pretrain_json,
                   STAGE1_IMAGES=data.image_folder, STAGE1_EVAL_DATA=data.pretrain_json, DOMAIN_DATA=domain,
                   DOMAIN_IMAGES=data.image_folder, DOMAIN_EVAL_DATA=domain, EVAL_STEPS=1, NUM_GPUS=1, MAX_STEPS=2,
-                  SAVE_STEPS=100, LR=1e-3)
+                  SAVE_STEPS=100, LR="1e-3")
     _run("scripts/three_stage.sh", tmp_path / "three_stage_123.log", "--normalize_projector", "True",
          STAGES="1,2,3", EVAL_QUESTIONS=qs, EVAL_ANSWERS=ans, EVAL_MAX_NEW_TOKENS=3, EVAL_BATCH_SIZE=4, **common)
     s1, s2 = (torch.load(root / f / "model" / "mm_projector.bin", weights_only=True) for f in ("stage1", "stage1-2"))
@@ -90,30 +92,29 @@ def test_three_stage_sh_123_then_23_on_tiny_models(tmp_path, tiny_llama, tiny_cl
         assert (root / picture).stat().st_size > 1000 and f"]({picture})" in summary
     for f in ("stage1", "stage1-2", "stage1-2-3", "stage2", "stage2-3"):
         _assert_e2e_stage(root, f, 2)
+    _rerun_with_changed_lr_refused_then_forced(tmp_path, root, common)
 
 
-def test_three_stage_sh_rerun_with_changed_lr_refused_then_forced(tmp_path, tiny_llama, tiny_clip):
-    """A rerun with another STAGE3_LR exits 2 with one line naming the difference and leaves plan.json as it
-    was; FORCE=1 reruns stage 3 only (stage 2 is identical) and plan.json matches the folders again."""
+def _rerun_with_changed_lr_refused_then_forced(tmp_path: Path, root: Path, common: dict) -> None:
+    """A rerun of STAGES=2,3 with another STAGE3_LR exits 2 with one line naming the difference and leaves
+    plan.json as it was; FORCE=1 reruns stage 3 only (stage 2 is identical) and plan.json matches the folders
+    again, the old stage-3 folder kept as ``.stale``."""
     from e2e_helpers import STAGE_TIMEOUT_S, _run, _start
 
-    data, domain, _, _ = _domain_data(tmp_path)
-    root = tmp_path / "run"
-    common = dict(STAGES="2,3", OUTPUT_ROOT=root, MODEL_NAME=tiny_llama, VISION_TOWER=tiny_clip, DOMAIN_DATA=domain,
-                  DOMAIN_IMAGES=data.image_folder, DOMAIN_EVAL_DATA=domain, EVAL_STEPS=1, NUM_GPUS=1, MAX_STEPS=1,
-                  SAVE_STEPS=100, LR="1e-3")
-    _run("scripts/three_stage.sh", tmp_path / "first.log", **common)
     plan_before, log2_before = (root / "plan.json").read_bytes(), (root / "stage2" / "train.log").read_bytes()
     refused_log = tmp_path / "refused.log"
-    proc = _start("scripts/three_stage.sh", refused_log, STAGE3_LR="1e-4", **common)
+    proc = _start("scripts/three_stage.sh", refused_log, "--normalize_projector", "True", STAGES="2,3",
+                  STAGE3_LR="1e-4", **common)
     assert proc.wait(timeout=STAGE_TIMEOUT_S) == 2
     text = refused_log.read_text().strip()
     assert "\n" not in text and "Traceback" not in text and text.startswith("three_stage: error: ")
-    assert "stage 3 (stage2-3): LR 1e-3 -> 1e-4" in text and "FORCE=1" in text
+    assert "stage 3 (stage2-3): LR 1e-3 -> 1e-4" in text and "FORCE=1" in text, text
     assert (root / "plan.json").read_bytes() == plan_before
-    _run("scripts/three_stage.sh", tmp_path / "forced.log", STAGE3_LR="1e-4", FORCE=1, **common)
+    _run("scripts/three_stage.sh", tmp_path / "forced.log", "--normalize_projector", "True", STAGES="2,3",
+         STAGE3_LR="1e-4", FORCE=1, **common)
     assert (root / "stage2" / "train.log").read_bytes() == log2_before  # identical stage 2: not rerun
     state = _assert_plan_matches_folders(root)
     assert state["stages"]["stage2-3"]["settings"]["env"]["LR"] == "1e-4"
     assert (root / "stage2-3.stale" / "stage.json").exists()
-    _assert_e2e_stage(root, "stage2-3", 1)
+    _assert_e2e_stage(root, "stage2-3", 2)
+    assert (root / "stage1-2-3" / "model" / "model.safetensors").exists()  # the other chain untouched
