@@ -74,9 +74,9 @@ def _dataset(data: Path, images: Path, tokenizer: Any, processor: Any, skip: boo
 
 @pytest.fixture(scope="module")
 def processor(tiny_clip):
-    from transformers import AutoImageProcessor
+    from transformers import CLIPImageProcessorPil
 
-    return AutoImageProcessor.from_pretrained(tiny_clip)
+    return CLIPImageProcessorPil.from_pretrained(tiny_clip)
 
 
 def test_training_and_doctor_agree_on_every_case(corpus, llama_tokenizer, processor, tiny_llama, tmp_path) -> None:

@@ -22,9 +22,9 @@ from llava.train.arguments import DataArguments
 
 @pytest.fixture(scope="module")
 def clip_processor(tiny_clip):
-    from transformers import AutoImageProcessor
+    from transformers import CLIPImageProcessorPil
 
-    return AutoImageProcessor.from_pretrained(tiny_clip)
+    return CLIPImageProcessorPil.from_pretrained(tiny_clip)
 
 
 @pytest.fixture()

@@ -21,9 +21,9 @@ from llava.mm_utils import (
 
 @pytest.fixture(scope="module")
 def clip_processor(tiny_clip):
-    from transformers import AutoImageProcessor
+    from transformers import CLIPImageProcessorPil
 
-    return AutoImageProcessor.from_pretrained(tiny_clip)
+    return CLIPImageProcessorPil.from_pretrained(tiny_clip)
 
 
 def test_expand2square_wide_and_tall() -> None:
