@@ -9,7 +9,8 @@ output position (an image block takes its placeholder's id). From them:
 * labels on each sample's first position are ignored (:func:`mask_first_labels`), so a sample's
   first token is never the target of the previous sample's last one;
 * attention is block-diagonal causal (:func:`packed_attention`): ``flash_attention_2``/``_3`` get
-  cumulative sequence lengths over the flattened batch (varlen kernels, no mask);
+  cumulative sequence lengths over the flattened batch (varlen kernels; the 2D mask is all True,
+  :func:`no_padding_mask`, so transformers never infers samples from the position ids);
   :data:`PACKED_SDPA` (what training uses for ``sdpa`` with ``--packing``) the same lengths, and
   runs SDPA once per sample (causal, no mask: only the diagonal blocks are computed);
   ``sdpa``/``eager`` a 4D mask (boolean / additive) that transformers passes through unchanged and
@@ -94,6 +95,21 @@ def block_causal_mask(segments: torch.Tensor) -> torch.Tensor:
     return (same & causal).unsqueeze(1)
 
 
+def no_padding_mask(segments: torch.Tensor) -> torch.Tensor:
+    """(B, L) all-True 2D mask for the implementations that get the sample boundaries as ``cu_seq_lens``.
+
+    transformers' mask builder (``masking_utils._preprocess_mask_arguments``) infers packed samples
+    from ``position_ids`` whenever the 2D mask is ``None`` and there is no cache (training:
+    ``use_cache=False``); it assumes (B, L) ids, so 2D RoPE's (2, B, L) streams crash it, and image
+    blocks' positions (not consecutive) would be split into wrong "samples". An explicit 2D mask is
+    the supported way to skip that inference. All True, because padding is a sample of its own in
+    :func:`varlen_kwargs` (a real padding mask would make flash-attention unpad and drop the
+    boundaries); with no padding, sdpa's and flash-attention's mask functions return ``None``, so
+    nothing L x L is built.
+    """
+    return torch.ones(segments.shape, dtype=torch.bool, device=segments.device)
+
+
 def varlen_kwargs(segments: torch.Tensor) -> dict[str, Any]:
     """FlashAttention varlen arguments for the flattened (B * L) batch: one sequence per (row, sample/padding)."""
     key, _ = segment_keys(segments)
@@ -121,9 +137,10 @@ def packed_attention(implementation: str | None, segments: torch.Tensor,
     impl = implementation or "eager"
     check_packing_implementation(impl)
     if impl.startswith(VARLEN_PREFIX):
-        return None, varlen_kwargs(segments)
+        return no_padding_mask(segments), varlen_kwargs(segments)
     if impl == PACKED_SDPA:  # the boundaries are read on the host once, not in every layer
-        return None, {k: v.cpu() if torch.is_tensor(v) else v for k, v in varlen_kwargs(segments).items()}
+        bounds = {k: v.cpu() if torch.is_tensor(v) else v for k, v in varlen_kwargs(segments).items()}
+        return no_padding_mask(segments), bounds
     if impl == "flex_attention":
         return flex_block_mask(segments), {}
     allowed = block_causal_mask(segments)
