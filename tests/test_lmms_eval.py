@@ -87,6 +87,17 @@ metric_list:
     higher_is_better: true
 """
 
+BROKEN_TASKS = {  # tasks whose metric crashes inside lmms-eval 0.7.3 (the README lists them as not working)
+    "tiny_mc_mutual_info": MC_TASK.replace("task: tiny_mc", "task: tiny_mc_mutual_info").replace(
+        "metric: acc\n", "metric: acc_mutual_info\n"),
+    "tiny_perplexity": MC_TASK.replace("task: tiny_mc", "task: tiny_perplexity").replace(
+        "output_type: multiple_choice", "output_type: loglikelihood").replace(
+        "doc_to_choice: !function utils.doc_to_choice\n", "").replace(
+        "doc_to_target: !function utils.doc_to_mc_target", "doc_to_target: answer").replace(
+        "metric: acc\n    aggregation: mean\n    higher_is_better: true",
+        "metric: perplexity\n    aggregation: perplexity\n    higher_is_better: false"),
+}
+
 
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -106,6 +117,8 @@ def task_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "utils.py").write_text(UTILS)
     (root / "tiny_vqa.yaml").write_text(textwrap.dedent(GEN_TASK))
     (root / "tiny_mc.yaml").write_text(textwrap.dedent(MC_TASK))
+    for name, text in BROKEN_TASKS.items():
+        (root / f"{name}.yaml").write_text(textwrap.dedent(text))
     return root
 
 
@@ -119,12 +132,14 @@ def checkpoint(tiny_llama, tiny_clip, llama_tokenizer, tmp_path_factory: pytest.
     return str(path)
 
 
-def _run_cli(task_dir: Path, checkpoint: str, out_dir: Path) -> subprocess.CompletedProcess:
+def _run_cli(task_dir: Path, checkpoint: str, out_dir: Path, tasks: str = "tiny_vqa,tiny_mc",
+             module: str = "lmms_eval") -> subprocess.CompletedProcess:
+    """lmms-eval's CLI (``module``: ``lmms_eval``, or our checking wrapper ``llava.eval.lmms_eval_run``)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "HF_HOME": str(out_dir / "hf_home"), "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "lmms_eval", "--model", "llava_beyond",
+    cmd = [sys.executable, "-m", module, "--model", "llava_beyond",
            "--model_args", f"pretrained={checkpoint},conv_template=vicuna_v1,device=cpu",
-           "--tasks", "tiny_vqa,tiny_mc", "--include_path", str(task_dir), "--batch_size", "2",
+           "--tasks", tasks, "--include_path", str(task_dir), "--batch_size", "2",
            "--limit", "4", "--log_samples", "--output_path", str(out_dir / "results")]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
 
@@ -192,3 +207,20 @@ def test_lmms_eval_cli_runs_llava_beyond(task_dir: Path, checkpoint: str, tmp_pa
         hits += best == doc["label"]
         assert gen_sample["filtered_resps"] == _reference_answer(model, tokenizer, pixels, doc)
     assert results["tiny_mc"]["acc,none"] == pytest.approx(hits / len(docs))
+
+
+@pytest.mark.parametrize("task", BROKEN_TASKS)
+def test_wrapper_fails_where_lmms_eval_exits_0_on_a_crashed_task(task, task_dir, checkpoint, tmp_path):
+    """The metrics the README lists as broken crash inside lmms-eval 0.7.3: lmms-eval itself exits 0, our wrapper
+    exits 1 with one line naming the task."""
+    plain = _run_cli(task_dir, checkpoint, tmp_path / "plain", tasks=task)
+    assert plain.returncode == 0 and "Traceback" in plain.stderr, plain.stderr[-3000:]
+    wrapped = _run_cli(task_dir, checkpoint, tmp_path / "wrapped", tasks=task, module="llava.eval.lmms_eval_run")
+    errors = [line for line in wrapped.stderr.splitlines() if line.startswith("error: lmms-eval task")]
+    assert wrapped.returncode == 1 and len(errors) == 1 and repr(task) in errors[0], wrapped.stderr[-3000:]
+
+
+def test_wrapper_passes_a_run_whose_tasks_all_report(task_dir, checkpoint, tmp_path):
+    wrapped = _run_cli(task_dir, checkpoint, tmp_path, module="llava.eval.lmms_eval_run")
+    assert wrapped.returncode == 0, wrapped.stderr[-3000:]
+    assert "error:" not in wrapped.stderr

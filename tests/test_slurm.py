@@ -85,5 +85,18 @@ def test_missing_allocation_is_one_line(tmp_path):
     assert len(res.stderr.strip().splitlines()) == 1
     res = _dry_run(dict(FAKE, SLURM_NNODES="3"), "bash", "scripts/v1_5/finetune.sh")
     assert res.returncode == 2 and "SLURM_NNODES=3" in res.stderr
-    res = _dry_run({k: v for k, v in FAKE.items() if k != "SLURM_GPUS_ON_NODE"}, "bash", "x.sh")
-    assert res.returncode == 2 and "--gpus-per-node" in res.stderr
+    no_gpus = {k: v for k, v in FAKE.items() if k != "SLURM_GPUS_ON_NODE"}
+    res = _dry_run(dict(no_gpus, DEVICE="gpu"), "bash", "x.sh")
+    assert res.returncode == 2 and "--gpus-per-node" in res.stderr and "DEVICE=gpu" in res.stderr
+
+
+def test_cpu_only_allocation_needs_no_flag():
+    """No GPUs in the allocation: NUM_GPUS (default 1) processes per node, DEVICE=cpu, said once on stderr."""
+    no_gpus = {k: v for k, v in FAKE.items() if k != "SLURM_GPUS_ON_NODE"}
+    res = _dry_run(no_gpus, "bash", "scripts/v1_5/pretrain.sh")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[1:3] == ["#   gpu-a07 slots=1", "#   gpu-a08 slots=1"]
+    assert "NUM_GPUS=1 MASTER_ADDR=gpu-a07 MASTER_PORT=29511 DEVICE=cpu bash" in res.stdout
+    assert res.stderr.count("no GPUs") == 1
+    res = _dry_run(dict(no_gpus, NUM_GPUS="2"), "bash", "scripts/v1_5/pretrain.sh")
+    assert "#   gpu-a07 slots=2" in res.stdout and "NUM_GPUS=2" in res.stdout

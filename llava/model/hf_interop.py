@@ -1,7 +1,7 @@
 """llava-hf interop: our checkpoints <-> transformers' ``LlavaForConditionalGeneration`` folders.
 
-:func:`convert_to_hf` writes a model folder with its ``LlavaProcessor`` whose logits equal ours on
-the same image and prompt; :func:`convert_from_hf` turns a llava-hf folder (ours or a release, either
+:func:`convert_to_hf` writes a model folder with its ``LlavaProcessor`` whose ids, logits and greedy answers
+equal ours on the same image and prompt text; :func:`convert_from_hf` turns a llava-hf folder (ours or a release, either
 weight layout) into our format, the tower saved as a CLIP folder inside it. Ours -> hf -> ours gives
 bit-identical weights and the same config (but ``mm_vision_tower``).
 
@@ -26,6 +26,9 @@ rows the mean of the existing rows (the input row never reaches the model: llava
 positions with image features; the output row gives ``<image>`` an average logit). The reverse drops
 that row when ``<image>`` is the last token of the tokenizer and of the embeddings; otherwise
 (llava-hf releases: ``<image>``, ``<pad>``, padding rows) it keeps the vocabulary, which ours handles.
+The exported ``LlavaProcessor`` gives, from the same prompt text, the ids training and ``run_llava`` give (checked
+on the saved folder; :mod:`llava.model.hf_tokenizer` has the tokenizer side); the reverse notes where a llava-hf
+processor tokenizes differently from ours.
 
 Refused (:class:`HfInteropError`, naming it): the add-ons that change the image tokens (normalization,
 compression, 2D RoPE, interleave, coordinates, registers, the permutation probe, ``mm_multilayer_post_norm``,
@@ -37,7 +40,6 @@ patch-merge types other than ``flat``. The cosine regularizer is training-only: 
 from __future__ import annotations
 
 import copy
-import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -47,10 +49,20 @@ from typing import Any, NoReturn
 import torch
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
-from llava.conversation import get_conv_template
 
 from .addons.base import write_config
 from .addons.registry import MODULES_KEY, AddonRegistry, builtin_addon
+from .hf_tokenizer import (
+    IMAGE_PROCESSOR_KEYS,
+    HfInteropError,
+    add_image_token,
+    check_saved_processor,
+    hf_processor,
+    keeps_chat_template,
+    parity_problem,
+    save_tokenizer,
+    vicuna_chat_template,
+)
 
 OURS_TO_HF: tuple[tuple[str, str], ...] = (
     ("model.vision_tower.vision_tower.", "model.vision_tower."),
@@ -65,15 +77,9 @@ TRAINING_ONLY_ADDONS = (builtin_addon("cosine"),)
 MULTILAYER = builtin_addon("multilayer")
 """Add-ons with no effect on inference outputs: dropped (with a note) instead of refused."""
 SELECT_STRATEGY = {"patch": "default", "cls_patch": "full"}
-IMAGE_PROCESSOR_KEYS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale",
-                        "rescale_factor", "do_normalize", "image_mean", "image_std", "do_convert_rgb")
 EMBEDDING_KEYS = ("model.embed_tokens.weight", "lm_head.weight")
 VERY_LARGE_LENGTH = 10**9
 """A tokenizer ``model_max_length`` at or above this is transformers' "no limit" placeholder."""
-
-
-class HfInteropError(ValueError):
-    """A checkpoint the other format cannot express; the message names what and says what to do."""
 
 
 @dataclass
@@ -100,35 +106,6 @@ def map_key(key: str, pairs: tuple[tuple[str, str], ...]) -> str:
         if key.startswith(old):
             return new + key[len(old):]
     raise HfInteropError(f"weight {key!r} has no counterpart in the other format")
-
-
-def vicuna_chat_template() -> str:
-    """LLaVA-1.5's vicuna_v1 prompt format (``llava.conversation``) as a Jinja chat template.
-
-    ``system + ' ' + 'USER: <image>\\n{question} ASSISTANT: {answer}</s>USER: ... ASSISTANT:'``; a message's
-    content may be a string or a list of ``{"type": "image"}`` / ``{"type": "text", "text": ...}`` parts
-    (images first, each as ``<image>\\n``). A leading system message replaces the default system prompt.
-    """
-    conv = get_conv_template("vicuna_v1")
-    user, assistant = (json.dumps(r) for r in conv.roles)
-    sep, sep2 = json.dumps(conv.sep), json.dumps(conv.sep2)
-    image = json.dumps(DEFAULT_IMAGE_TOKEN + "\n")
-    return (
-        "{%- macro render(content) -%}{%- if content is string -%}{{ content }}{%- else -%}"
-        "{%- for part in content if part['type'] == 'image' -%}{{ " + image + " }}{%- endfor -%}"
-        "{{ content | selectattr('type', 'equalto', 'text') | map(attribute='text') | join(' ') }}"
-        "{%- endif -%}{%- endmacro -%}"
-        "{%- if messages and messages[0]['role'] == 'system' -%}{%- set system = render(messages[0]['content']) -%}"
-        "{%- set turns = messages[1:] -%}{%- else -%}{%- set system = " + json.dumps(conv.system) + " -%}"
-        "{%- set turns = messages -%}{%- endif -%}"
-        "{{- system + " + sep + " -}}"
-        "{%- for message in turns -%}"
-        "{%- if message['role'] == 'user' -%}{{- " + user + " + ': ' + render(message['content']) + " + sep + " -}}"
-        "{%- elif message['role'] == 'assistant' -%}"
-        "{{- " + assistant + " + ': ' + render(message['content']) + " + sep2 + " -}}"
-        "{%- endif -%}{%- endfor -%}"
-        "{%- if add_generation_prompt -%}{{- " + assistant + " + ':' -}}{%- endif -%}"
-    )
 
 
 # ---------------------------------------------------------------------------------------------- ours -> hf
@@ -212,19 +189,6 @@ def hf_config(config: Any, tower_config: Any, family_config_class: type, spec: V
         multimodal_projector_bias=True, tie_word_embeddings=bool(text.tie_word_embeddings))
 
 
-def hf_processor(tokenizer: Any, image_processor: Any, config: Any, tower_config: Any, spec: VisionSpec) -> Any:
-    """A ``LlavaProcessor`` reproducing our preprocessing (``image_aspect_ratio`` pad -> ``do_pad``), with the
-    tokenizer's chat template."""
-    from transformers import LlavaImageProcessorPil, LlavaProcessor
-
-    settings = image_processor.to_dict()
-    images = LlavaImageProcessorPil(do_pad=getattr(config, "image_aspect_ratio", None) == "pad",
-                                    **{k: settings[k] for k in IMAGE_PROCESSOR_KEYS if k in settings})
-    return LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=tower_config.patch_size,
-                          vision_feature_select_strategy=spec.select_strategy, chat_template=tokenizer.chat_template,
-                          image_token=DEFAULT_IMAGE_TOKEN, num_additional_image_tokens=1)
-
-
 def _checkpoint_dtype(raw: dict | None) -> torch.dtype:
     """The dtype ``config.json`` records (``dtype``, or the older ``torch_dtype``); float32 if none."""
     value = (raw or {}).get("dtype") or (raw or {}).get("torch_dtype")
@@ -235,19 +199,6 @@ def _checkpoint_dtype(raw: dict | None) -> torch.dtype:
 def _require_empty(output: str, flag: str) -> None:
     if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
         raise HfInteropError(f"{flag} {output!r} exists and is not empty; choose a new folder.")
-
-
-def _add_image_token(tokenizer: Any, rows: int, model_path: str) -> tuple[int, bool]:
-    """(id of ``<image>``, whether the embeddings grow a row for it); added as the last token if missing."""
-    if DEFAULT_IMAGE_TOKEN not in tokenizer.get_vocab():
-        from tokenizers import AddedToken
-
-        tokenizer.add_tokens([AddedToken(DEFAULT_IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
-    image_id = tokenizer.convert_tokens_to_ids(DEFAULT_IMAGE_TOKEN)
-    if image_id > rows:
-        raise HfInteropError(f"{model_path}: the tokenizer has more tokens than the embeddings have rows ({rows}); "
-                             "resize the model's embeddings to the tokenizer first.")
-    return image_id, image_id == rows
 
 
 def _build_on_meta(cls: type, config: Any, state: Mapping[str, torch.Tensor], tied: bool,
@@ -284,12 +235,13 @@ def convert_to_hf(model_path: str, output: str, model_base: str | None = None) -
     if isinstance(tokenizer_max, int) and tokenizer_max > 0:
         tokenizer.model_max_length = tokenizer_max
     notes = list(spec.notes)
+    ours_tokenizer = copy.deepcopy(tokenizer)  # training's tokenization, the processor's reference
     if getattr(tokenizer, "chat_template", None):
         notes.append("kept the tokenizer's own chat template for the processor too (LLaVA-1.5's vicuna_v1 template "
                      "is written for tokenizers without one); pass it string message contents if it needs them")
     else:
         tokenizer.chat_template = vicuna_chat_template()
-    image_id, added = _add_image_token(tokenizer, model.get_input_embeddings().weight.shape[0], model_path)
+    image_id, added, aligned = add_image_token(tokenizer, model.get_input_embeddings().weight.shape[0], model_path)
     rows = model.get_input_embeddings().weight.shape[0] + added
     tied = bool(getattr(config, "tie_word_embeddings", False))
     family = type(model)._family_causal_lm_class().config_class
@@ -298,11 +250,15 @@ def convert_to_hf(model_path: str, output: str, model_base: str | None = None) -
     hf_model = _build_on_meta(LlavaForConditionalGeneration, hf_cfg,
                               to_hf_state_dict(model.state_dict(), spec, added), tied)
     hf_model.generation_config = copy.deepcopy(model.generation_config)
-    processor = hf_processor(tokenizer, image_processor, config, tower_config, spec)
+    processor = hf_processor(tokenizer, image_processor, config, tower_config, spec.select_strategy)
     with atomic_path(output) as tmp:
         hf_model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
+        check_saved_processor(tmp, ours_tokenizer, model_path)
     notes.append(f"{DEFAULT_IMAGE_TOKEN} is token {image_id}" + (" (new embedding rows: the mean)" if added else ""))
+    if aligned:
+        notes.append(f"the tokenizer inserts a space after {DEFAULT_IMAGE_TOKEN} (a normalizer) so that LlavaProcessor "
+                     "tokenizes the text after an image as training does")
     return ConversionResult(output, notes)
 
 
@@ -359,67 +315,6 @@ def ours_state_dict(state: Mapping[str, torch.Tensor], drop_last_row: bool) -> d
         ours = map_key(key, HF_TO_OURS)
         out[ours] = value[:-1] if drop_last_row and ours in EMBEDDING_KEYS else value
     return out
-
-
-def _edit_json(path: Path, edit: Any) -> None:
-    data = json.loads(path.read_text())
-    edit(data)
-    path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
-
-
-def _without_token(cfg: dict, token: str, token_id: int) -> None:
-    cfg.get("added_tokens_decoder", {}).pop(str(token_id), None)
-    for key in ("extra_special_tokens", "additional_special_tokens"):
-        value = cfg.get(key)
-        if isinstance(value, list):
-            cfg[key] = [t for t in value if t != token]
-        elif isinstance(value, dict):
-            cfg[key] = {k: t for k, t in value.items() if t != token}
-
-
-def keeps_chat_template(tokenizer: Any) -> bool:
-    """Whether our checkpoint keeps the llava-hf folder's chat template: not our vicuna_v1 one (our prompts come
-    from ``llava.conversation``) and one that renders string contents (what our tools pass it)."""
-    from jinja2 import TemplateError
-
-    template = getattr(tokenizer, "chat_template", None)
-    if not template or template == vicuna_chat_template():
-        return False
-    probe = DEFAULT_IMAGE_TOKEN + "\nprobe"
-    try:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": probe}], tokenize=False,
-                                             add_generation_prompt=True)
-    except (TemplateError, ValueError, TypeError, KeyError):
-        return False
-    return isinstance(text, str) and probe in text
-
-
-def _drop_added_token(data: dict, token_id: int) -> None:
-    data["added_tokens"] = [t for t in data.get("added_tokens", []) if t["id"] != token_id]
-
-
-def save_tokenizer(tokenizer: Any, folder: Path, drop_id: int | None, keep_template: bool) -> None:
-    """Save the llava-hf (tokenizers-backed) ``tokenizer`` for our format, with its chat template only if
-    ``keep_template``, without ``<image>`` when ``drop_id`` is its id (removed from the saved files, checked by
-    reloading). transformers loads a llava folder's tokenizer as ``TokenizersBackend`` and so it is saved."""
-    from transformers import AutoTokenizer
-
-    tokenizer = copy.deepcopy(tokenizer)
-    if not keep_template:
-        tokenizer.chat_template = None
-    tokenizer.save_pretrained(folder)
-
-    def edit_config(cfg: dict) -> None:
-        cfg.pop("processor_class", None)
-        if drop_id is not None:
-            _without_token(cfg, DEFAULT_IMAGE_TOKEN, drop_id)
-
-    _edit_json(folder / "tokenizer_config.json", edit_config)
-    if drop_id is not None:
-        _edit_json(folder / "tokenizer.json", lambda data: _drop_added_token(data, drop_id))
-        reloaded = AutoTokenizer.from_pretrained(folder)
-        if len(reloaded) != drop_id or DEFAULT_IMAGE_TOKEN in reloaded.get_vocab():
-            raise RuntimeError(f"could not remove {DEFAULT_IMAGE_TOKEN} from the tokenizer saved in {folder}")
 
 
 def _save_tower(hf_model: Any, image_processor: Any, folder: Path) -> None:
@@ -491,4 +386,18 @@ def convert_from_hf(hf_path: str, output: str, image_aspect_ratio: str | None = 
         model.generation_config = copy.deepcopy(hf_model.generation_config)
         model.save_pretrained(tmp)
         save_tokenizer(tokenizer, tmp, image_id if drop else None, keep_template)
+        notes += _parity_notes(tokenizer, tmp)
     return ConversionResult(output, notes)
+
+
+def _parity_notes(hf_tokenizer: Any, folder: Path) -> list[str]:
+    """A note when the llava-hf processor's tokenizer and our saved one (chunks between images, as training and
+    ``run_llava`` tokenize) give different ids for the same text."""
+    from transformers import AutoTokenizer
+
+    problem = parity_problem(hf_tokenizer, AutoTokenizer.from_pretrained(folder))
+    if problem is None:
+        return []
+    return [f"our tools tokenize text next to {DEFAULT_IMAGE_TOKEN} differently from this folder's LlavaProcessor "
+            f"({problem}); answers can differ from the llava-hf model's. convert_to_hf of the converted model "
+            "exports a processor that matches ours"]

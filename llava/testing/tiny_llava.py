@@ -24,8 +24,9 @@ def build_tiny_llava(llm_path: str, clip_path: str, projector_type: str = "mlp2x
     """Load the LLM as its LLaVA class, attach tower + projector (seeded), fp32, eval mode."""
     from transformers import AutoConfig
 
-    cls = llava_class_for(AutoConfig.from_pretrained(llm_path).model_type)
-    model = cls.from_pretrained(llm_path, dtype=torch.float32)
+    llm_config = AutoConfig.from_pretrained(llm_path)
+    cls = llava_class_for(llm_config.model_type)
+    model = cls.from_pretrained(llm_path, config=cls.config_from_llm(llm_config), dtype=torch.float32)
     torch.manual_seed(seed)
     model.get_model().initialize_vision_modules(tiny_model_args(clip_path, projector_type, **overrides))
     model.config.image_aspect_ratio = "pad"

@@ -93,7 +93,8 @@ def load_model(model_args: ModelArguments, training_args: TrainingArguments,
     from llava.model import llava_class_for
 
     config = transformers.AutoConfig.from_pretrained(path, cache_dir=training_args.cache_dir)
-    return llava_class_for(config.model_type).from_pretrained(path, addon_modules=registry.external, **kwargs)
+    cls = llava_class_for(config.model_type)
+    return cls.from_pretrained(path, config=cls.config_from_llm(config), addon_modules=registry.external, **kwargs)
 
 
 def _not_for_lora(model: torch.nn.Module) -> set[int]:

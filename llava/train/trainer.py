@@ -6,8 +6,8 @@ What differs from ``transformers.Trainer`` (only public/overridable Trainer meth
   dataset's ``modality_lengths`` (image and text-only samples batched separately).
 * ``mm_projector_lr`` -> the projector and the add-on modules that travel with it (by object
   identity, from the add-on registry) get their own parameter groups (decay / no decay) at that
-  learning rate; everything else keeps ``learning_rate``. Every logging step adds the projector
-  groups' current rate as ``learning_rate_projector``.
+  learning rate; everything else keeps ``learning_rate``. Every logging step adds the rate the last
+  optimizer step applied to the projector groups as ``learning_rate_projector`` (like ``learning_rate``).
 * Projector-only training (``tune_mm_mlp_adapter``): model files in ``checkpoint-N`` and in the
   final folder are ``mm_projector.bin`` (upstream keys, gathered ZeRO-3-safely) + ``config.json``;
   optimizer, scheduler, RNG and trainer state are still saved, so resuming works.
@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from llava.model.checkpoints import MM_PROJECTOR_FILE, NON_LORA_FILE, projector_tensors
 from llava.train.aux_loss_logging import AuxLossLoggingMixin
@@ -42,6 +42,19 @@ from llava.utils.zero import gather_named, get_peft_state_non_lora_maybe_zero_3
 logger = logging.getLogger(__name__)
 GROUP_KEY = "llava_group"  # optimizer param-group tag: its learning rate is logged as learning_rate_<tag>
 SKIPPED_FILE = "skipped_samples.json"  # per checkpoint: {sample index: category} of the samples skipped so far
+
+
+class AppliedGroupRates(TrainerCallback):
+    """Each tagged optimizer group's rate as the optimizer step used it (read before the scheduler moves it on,
+    where the Trainer reads its own ``learning_rate``)."""
+
+    def __init__(self) -> None:
+        self.rates: dict[str, float] = {}
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
+        for group in getattr(optimizer, "param_groups", ()):
+            if group.get(GROUP_KEY):
+                self.rates[group[GROUP_KEY]] = float(group["lr"])
 
 
 def atomic_save_config(config: Any, output_dir: str) -> None:
@@ -115,11 +128,10 @@ class LLaVATrainer(ValidationMixin, ThroughputMixin, AuxLossLoggingMixin, Traine
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Every tagged parameter group's learning rate next to the Trainer's ``learning_rate`` (first group)."""
-        if "learning_rate" in logs and self.optimizer is not None:
-            for group in self.optimizer.param_groups:
-                tag = group.get(GROUP_KEY)
-                if tag and f"learning_rate_{tag}" not in logs:
-                    logs[f"learning_rate_{tag}"] = float(group["lr"])
+        applied = next((c.rates for c in self.callback_handler.callbacks if isinstance(c, AppliedGroupRates)), {})
+        if "learning_rate" in logs:
+            for tag, rate in applied.items():
+                logs.setdefault(f"learning_rate_{tag}", rate)
         super().log(logs, start_time)
 
     # ---- optimizer ----
@@ -135,6 +147,8 @@ class LLaVATrainer(ValidationMixin, ThroughputMixin, AuxLossLoggingMixin, Traine
         )
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        if not any(isinstance(c, AppliedGroupRates) for c in self.callback_handler.callbacks):
+            self.add_callback(AppliedGroupRates())
         return self.optimizer
 
     # ---- saving ----

@@ -5,10 +5,12 @@ Inside an allocation (``sbatch scripts/slurm/train.sbatch`` or ``salloc``)::
     python -m llava.utils.slurm [--dry-run] [--port 29500] -- bash scripts/v1_5/finetune.sh [flags]
 
 reads ``SLURM_JOB_NODELIST`` (expanded here: ``gpu[01-03,07],cpu5``), ``SLURM_NNODES`` and the GPUs per
-node (``--gpus-per-node``, else ``SLURM_GPUS_ON_NODE`` / ``SLURM_GPUS_PER_NODE`` / ``SLURM_JOB_GPUS``),
+node (``--gpus-per-node``, else ``SLURM_GPUS_ON_NODE`` / ``SLURM_GPUS_PER_NODE`` / ``SLURM_JOB_GPUS``; an
+allocation without GPUs runs ``NUM_GPUS`` processes per node, default 1, with ``DEVICE=cpu``),
 writes a DeepSpeed hostfile (``<node> slots=<gpus>`` per node) and starts, through ``srun`` (one task
 per node), the stage script on every node with ``HOSTFILE``, ``NODE_RANK`` (DeepSpeed's
-``--no_ssh --node_rank``), ``MASTER_ADDR`` (the first node), ``MASTER_PORT`` and ``NUM_GPUS`` set.
+``--no_ssh --node_rank``), ``MASTER_ADDR`` (the first node), ``MASTER_PORT`` and ``NUM_GPUS`` set. The
+hostfile is removed when the run ends (also when the job is cancelled).
 ``--dry-run`` prints the hostfile and each node's exact command instead of running anything.
 A missing or inconsistent SLURM variable is a one-line error (exit 2).
 """
@@ -19,6 +21,7 @@ import argparse
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -96,13 +99,15 @@ class Plan:
     gpus: int
     port: int
     hostfile: str
+    cpu_only: bool = False
 
     def hostfile_text(self) -> str:
         return "".join(f"{h} slots={self.gpus}\n" for h in self.hosts)
 
     def node_env(self, rank: int) -> dict[str, str]:
-        return dict(HOSTFILE=self.hostfile, NODE_RANK=str(rank), NUM_NODES=str(len(self.hosts)),
-                    NUM_GPUS=str(self.gpus), MASTER_ADDR=self.hosts[0], MASTER_PORT=str(self.port))
+        env = dict(HOSTFILE=self.hostfile, NODE_RANK=str(rank), NUM_NODES=str(len(self.hosts)),
+                   NUM_GPUS=str(self.gpus), MASTER_ADDR=self.hosts[0], MASTER_PORT=str(self.port))
+        return dict(env, DEVICE="cpu") if self.cpu_only else env
 
     def node_command(self, rank: int, command: Sequence[str]) -> str:
         """The shell command node ``rank`` runs."""
@@ -122,12 +127,20 @@ def plan_from_env(env: Mapping[str, str], gpus: int | None = None, port: int | N
     if nnodes and int(nnodes) != len(hosts):
         raise SlurmError(f"SLURM_NNODES={nnodes} but SLURM_JOB_NODELIST={nodelist!r} names {len(hosts)} nodes")
     gpus = gpus if gpus is not None else gpus_per_node(env)
-    if not gpus or gpus < 1:
-        raise SlurmError("no GPU count per node in the allocation (SLURM_GPUS_ON_NODE / SLURM_GPUS_PER_NODE / "
-                         "SLURM_JOB_GPUS): request GPUs (--gres=gpu:8 or --gpus-per-node=8) or pass --gpus-per-node")
+    if gpus is not None and gpus < 1:
+        raise SlurmError(f"--gpus-per-node {gpus}: give a positive count")
+    # a CPU-only allocation: NUM_GPUS processes per node (the stage scripts' variable; default 1) on DEVICE=cpu,
+    # unless DEVICE says otherwise
+    cpu_only = gpus is None and env.get("DEVICE", "cpu") == "cpu"
+    if gpus is None and not cpu_only:
+        raise SlurmError(f"DEVICE={env['DEVICE']} but the allocation has no GPUs (SLURM_GPUS_ON_NODE / "
+                         "SLURM_GPUS_PER_NODE / SLURM_JOB_GPUS): request them (--gpus-per-node=8) or pass "
+                         "--gpus-per-node")
+    if gpus is None:
+        gpus = int(env.get("NUM_GPUS") or 1)
     job = env.get("SLURM_JOB_ID", "nojob")
     hostfile = hostfile or os.path.join(env.get("SLURM_SUBMIT_DIR", "."), f".llava_hostfile_{job}")
-    return Plan(hosts=tuple(hosts), gpus=gpus, port=port or DEFAULT_PORT, hostfile=hostfile)
+    return Plan(hosts=tuple(hosts), gpus=gpus, port=port or DEFAULT_PORT, hostfile=hostfile, cpu_only=cpu_only)
 
 
 def srun_command(plan: Plan, command: Sequence[str]) -> list[str]:
@@ -155,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SlurmError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if plan.cpu_only:
+        print(f"note: the allocation has no GPUs: {plan.gpus} process(es) per node with DEVICE=cpu (for GPUs request "
+              "them, e.g. --gpus-per-node=8, or pass --gpus-per-node)", file=sys.stderr)
     if args.dry_run:
         print(f"# hostfile {plan.hostfile}:")
         print("".join(f"#   {line}\n" for line in plan.hostfile_text().splitlines()), end="")
@@ -162,10 +178,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[{host}] {plan.node_command(rank, command)}")
         print(f"# run as: {shlex.join(srun_command(plan, command))}")
         return 0
+    return run_plan(plan, command)
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def run_plan(plan: Plan, command: Sequence[str]) -> int:
+    """Write the hostfile, run ``srun``, and remove the hostfile afterwards (also on scancel's SIGTERM)."""
     from llava.utils.atomic import atomic_write_text
 
+    signal.signal(signal.SIGTERM, _stop)
     atomic_write_text(plan.hostfile, plan.hostfile_text())
-    return subprocess.call(srun_command(plan, command))
+    try:
+        return subprocess.call(srun_command(plan, command))
+    finally:
+        if os.path.exists(plan.hostfile):
+            os.remove(plan.hostfile)
 
 
 if __name__ == "__main__":

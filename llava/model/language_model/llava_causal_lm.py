@@ -42,6 +42,15 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
         self.post_init()
 
     @classmethod
+    def config_from_llm(cls, llm_config: Any) -> Any:
+        """This family's LLaVA config holding a base LLM's config (e.g. ``LlamaConfig`` -> ``llava_llama``), so that
+        ``from_pretrained(llm_path, config=...)`` loads typed, not a ``llama`` config.json into ``llava_llama``."""
+        if isinstance(llm_config, cls.config_class):
+            return llm_config
+        fields = {k: v for k, v in llm_config.to_dict().items() if k not in ("model_type", "transformers_version")}
+        return cls.config_class.from_dict(fields)
+
+    @classmethod
     def _cache_argument(cls) -> str:
         """The family forward's name for the KV cache: ``cache`` (transformers >= 5.24), else ``past_key_values``."""
         import inspect
