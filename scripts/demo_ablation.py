@@ -9,8 +9,15 @@ under DeepSpeed in CPU mode (``DEVICE=cpu``); answer the held-out questions with
 :mod:`llava.eval.model_vqa_loader` and score them with :mod:`llava.eval.eval_spatial`; write
 ``ablation.md``, ``ablation.json`` and ``ablation.png`` under the output dir and print the table.
 
+Every variant is answered twice, the second time with ``--permute-image-tokens`` (the same fixed
+permutation per image): the table gives per category the accuracy drop with its paired interval and the
+McNemar p of normal vs permuted, and the image/text token-norm ratio at the LLM input
+(:mod:`llava.diagnostics.token_norms`); ``ablation.md`` explains what the numbers show and cannot.
+
 Variants: ``vanilla`` (scripts/v1_5/pretrain.sh + finetune.sh), ``multinorm`` (multiNormpretrain.sh +
-multiNormfinetune.sh: normalized projector + multi-layer features), ``compression`` (vanilla scripts +
+multiNormfinetune.sh: normalized projector + multi-layer features, this fork's scalar style on the tiny
+LLM), ``multinorm_ref`` (the same scripts in the paper's reference styles, "+Norm+Multilayer"; tiny LLM
+only, since on SmolLM2 ``multinorm`` already is that), ``compression`` (vanilla scripts +
 ``--compression_after_projection True --final_spatial_size N``, one token per grid cell) and
 ``rope2d`` (vanilla scripts + ``--twoD_vision_embedding True``). Stage logs are in ``runs/<variant>/``.
 Train time is the wall time of both stages, DeepSpeed launches included.
@@ -418,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
                    "use or write (default OUTPUT_DIR/models/smollm2); share one across output dirs")
     p.add_argument("--quick", action="store_true", help="CI size (~4 minutes): a smoke test of the pipeline "
                    "that has not trained long enough to learn (its table says so)")
-    p.add_argument("--variants", default=None, help="comma-separated subset of vanilla,multinorm,compression,rope2d")
+    p.add_argument("--variants", default=None, help="comma-separated subset of vanilla,multinorm,multinorm_ref,"
+                   "compression,rope2d (multinorm_ref: tiny LLM only)")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reuse", action="store_true", help="keep variants that already finished in --output_dir "

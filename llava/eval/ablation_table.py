@@ -199,8 +199,8 @@ def explain(results: Sequence[VariantResult], majority: Hits, categories: Sequen
     lines.append(
         f"- What this cannot show: a tiny random CLIP (frozen) and a small LLM trained for minutes on synthetic "
         f"shapes; with n = {n} questions per category an accuracy is known to about ±{half:.0f} points (95%), so "
-        f"smaller differences between variants are not resolved, and {len(results) * (len(categories) + 1)} "
-        "variant-vs-vanilla and normal-vs-permuted tests are each uncorrected. The numbers say how the flags "
+        f"smaller differences between variants are not resolved, and the {len(results) * (len(categories) + 1)} "
+        "normal-vs-permuted tests, like the variant-vs-vanilla ones, are uncorrected. The numbers say how the flags "
         "behave on this toy, not how they behave at the paper's scale.")
     return lines
 
