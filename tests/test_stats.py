@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llava.eval.stats import compare_paired, format_accuracy, mcnemar_exact, wilson_interval
+from llava.eval.stats import compare_paired, format_accuracy, mcnemar_exact, paired_difference_interval, wilson_interval
 
 
 @pytest.mark.parametrize(("k", "n", "low", "high"), [
@@ -46,3 +46,27 @@ def test_compare_paired_counts_discordant_pairs():
     assert cmp.p_value == pytest.approx(2 * (1 + 4) / 16)
     with pytest.raises(ValueError, match="same questions"):
         compare_paired(a, b[:-1])
+
+
+@pytest.mark.parametrize(("both", "only_a", "only_b", "neither", "low", "high"), [
+    (36, 12, 2, 0, 0.0569, 0.3404),   # Newcombe (1998), Table II example (a), method 10
+    (5, 5, 0, 40, 0.0146, 0.2018),    # example (d)
+])
+def test_paired_difference_interval_matches_newcombe(both, only_a, only_b, neither, low, high):
+    a = [True] * (both + only_a) + [False] * (only_b + neither)
+    b = [True] * both + [False] * only_a + [True] * only_b + [False] * neither
+    diff, lo, hi = paired_difference_interval(a, b)
+    assert diff == pytest.approx((only_a - only_b) / len(a))
+    assert lo == pytest.approx(low, abs=2e-4) and hi == pytest.approx(high, abs=2e-4)
+    mirrored = paired_difference_interval(b, a)  # swapping the systems mirrors the interval
+    assert mirrored == pytest.approx((-diff, -hi, -lo))
+
+
+def test_paired_difference_interval_identical_and_errors():
+    diff, lo, hi = paired_difference_interval([True, False] * 10, [True, False] * 10)
+    assert diff == 0.0 and lo <= 0 <= hi  # no discordant pair: method 10 can shrink to the point 0
+    diff, lo, hi = paired_difference_interval([True, False, True, False] * 5, [False, True, True, False] * 5)
+    assert diff == 0.0 and lo < 0 < hi
+    assert paired_difference_interval([], []) == (0.0, -1.0, 1.0)
+    with pytest.raises(ValueError, match="same questions"):
+        paired_difference_interval([True], [])

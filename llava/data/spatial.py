@@ -2,17 +2,19 @@
 
     python -m llava.data.spatial --output_dir DIR --num_train N --num_test M --image_size S --grid G --seed K
 
-Each scene puts 1..``max_objects`` shapes (distinct cells, distinct colour+shape pairs) on a GxG grid
-and is drawn with Pillow. Written under ``DIR``:
+Each scene puts 1..``max_objects`` shapes (distinct cells, distinct colours, so "the red circle" names
+one object) on a GxG grid and is drawn with Pillow. Written under ``DIR``:
 
 - ``images/train_00000.png`` ..., ``images/test_00000.png`` ...
 - ``scenes.json``: the generator settings and every scene description (image, objects with colour,
   shape, row, col and cell name) for both splits; everything else is derived from it.
 - ``pretrain.json``: LLaVA-format caption pairs ("a red circle in the top left, a blue square in the
   center.") for the ``plain`` template.
-- ``finetune.json``: LLaVA-format multi-turn instruction data, questions on colour, absolute
-  position, relative position (left/right/above/below) and counting, each ending with
-  "Answer with a single word or phrase."
+- ``finetune.json``: LLaVA-format multi-turn instruction data, each question ending with
+  "Answer with a single word or phrase.": colour ("Is there a red shape?", yes/no, position-free: the
+  permutation probe's control), absolute position ("Where is the red circle?" -> its cell), relative
+  position ("Is the red circle to the left of the blue square?", asked only on an axis on which the two
+  objects differ, yes/no balanced) and counting ("How many shapes are there?").
 - ``test_questions.jsonl``: the held-out split in upstream's eval question format
   (``question_id``, ``image``, ``text``, ``category``), one question per category per image.
 - ``test_answers.jsonl``: ``question_id``, ``answer``, ``category`` for :mod:`llava.eval.eval_spatial`.
@@ -84,12 +86,13 @@ def number_word(n: int) -> str:
 
 
 def sample_scene(rng: random.Random, grid: int, max_objects: int) -> list[SceneObject]:
-    """Draw 1..max_objects objects in distinct cells with distinct (colour, shape) pairs, sorted row-major."""
-    n = rng.randint(1, min(max_objects, grid * grid))
+    """Draw 1..max_objects objects in distinct cells with distinct colours (so a colour names an object),
+    sorted row-major."""
+    n = rng.randint(1, min(max_objects, grid * grid, len(COLOURS)))
     cells = rng.sample([(r, c) for r in range(grid) for c in range(grid)], n)
-    kinds = rng.sample([(c, s) for c in COLOURS for s in SHAPES], n)
-    objs = [SceneObject(colour=k[0], shape=k[1], row=r, col=c, cell=cell_name(r, c, grid))
-            for (r, c), k in zip(cells, kinds)]
+    colours = rng.sample(list(COLOURS), n)
+    objs = [SceneObject(colour=k, shape=rng.choice(SHAPES), row=r, col=c, cell=cell_name(r, c, grid))
+            for (r, c), k in zip(cells, colours)]
     return sorted(objs, key=lambda o: (o.row, o.col))
 
 
@@ -126,37 +129,50 @@ def _name(o: SceneObject) -> str:
 
 
 def colour_question(objects: Sequence[SceneObject], rng: random.Random) -> QA:
-    """Colour of the object in a named cell."""
-    o = rng.choice(list(objects))
-    return QA(f"What color is the shape in the {o.cell}?", o.colour, "colour")
+    """Yes/no: is there a shape of a colour (balanced)? Position-free: the control of the permutation probe."""
+    present = sorted({o.colour for o in objects})
+    absent = [c for c in COLOURS if c not in present]
+    colour = rng.choice(present if rng.random() < 0.5 or not absent else absent)
+    return _colour_qa(colour, colour in present)
+
+
+def _colour_qa(colour: str, present: bool) -> QA:
+    article = "an" if colour[0] in "aeiou" else "a"
+    return QA(f"Is there {article} {colour} shape?", "yes" if present else "no", "colour")
 
 
 def absolute_question(objects: Sequence[SceneObject], rng: random.Random) -> QA:
-    """Cell of a named (unique colour+shape) object."""
+    """Cell of a named object (its colour is unique in the scene)."""
     o = rng.choice(list(objects))
     return QA(f"Where is {_name(o)}?", o.cell, "absolute_position")
 
 
+RELATIONS = MappingProxyType({"col": ("left of", "right of"), "row": ("above", "below")})
+
+
+def _relation_qa(a: SceneObject, b: SceneObject, rng: random.Random) -> QA:
+    """Yes/no on one axis on which a and b differ, the relation picked so that yes and no are balanced."""
+    axes = [axis for axis in RELATIONS if getattr(a, axis) != getattr(b, axis)]
+    axis = rng.choice(axes)
+    first = getattr(a, axis) < getattr(b, axis)  # a is left of / above b
+    want = rng.random() < 0.5
+    relation = RELATIONS[axis][0 if first == want else 1]
+    phrase = f"to the {relation}" if relation.endswith(" of") else relation
+    return QA(f"Is {_name(a)} {phrase} {_name(b)}?", "yes" if want else "no", "relative_position")
+
+
 def relative_question(objects: Sequence[SceneObject], rng: random.Random) -> QA | None:
-    """Yes/no: is A left of / right of / above / below B (strictly)? Balanced yes/no; None for one object."""
+    """Yes/no: is A left of / right of / above / below B, asked on an axis where the two differ (balanced
+    yes/no); None for one object."""
     if len(objects) < 2:
         return None
     a, b = rng.sample(list(objects), 2)
-    truths = {"left of": a.col < b.col, "right of": a.col > b.col, "above": a.row < b.row, "below": a.row > b.row}
-    want = rng.random() < 0.5  # balance yes/no; two distinct cells make >= 1 relation true and >= 2 false
-    relation = rng.choice([r for r, t in truths.items() if t == want])
-    truth = truths[relation]
-    phrase = f"to the {relation}" if relation.endswith(" of") else relation
-    return QA(f"Is {_name(a)} {phrase} {_name(b)}?", "yes" if truth else "no", "relative_position")
+    return _relation_qa(a, b, rng)
 
 
-def counting_question(objects: Sequence[SceneObject], rng: random.Random) -> QA:
-    """How many shapes in total, or how many of one shape kind (may be zero)."""
-    if rng.random() < 0.5:
-        return QA("How many shapes are there?", number_word(len(objects)), "counting")
-    shape = rng.choice(SHAPES)
-    n = sum(o.shape == shape for o in objects)
-    return QA(f"How many {shape}s are there?", number_word(n), "counting")
+def counting_question(objects: Sequence[SceneObject], rng: random.Random) -> QA:  # noqa: ARG001
+    """How many shapes in total."""
+    return QA("How many shapes are there?", number_word(len(objects)), "counting")
 
 
 def questions_for(objects: Sequence[SceneObject], rng: random.Random) -> list[QA]:
@@ -167,11 +183,18 @@ def questions_for(objects: Sequence[SceneObject], rng: random.Random) -> list[QA
 
 
 def exhaustive_questions_for(objects: Sequence[SceneObject], rng: random.Random) -> list[QA]:
-    """Training questions that cover the scene: the colour of every occupied cell, the position of every
-    object, plus one relative-position (skipped for one object) and one counting question."""
-    qas = [QA(f"What color is the shape in the {o.cell}?", o.colour, "colour") for o in objects]
-    qas += [QA(f"Where is {_name(o)}?", o.cell, "absolute_position") for o in objects]
-    qas += [q for q in (relative_question(objects, rng), counting_question(objects, rng)) if q is not None]
+    """Training questions that cover the scene: the position of every object, every present colour and as
+    many absent ones (yes/no), one relative-position question per pair of objects (random order and axis)
+    and the count."""
+    present = [o.colour for o in objects]
+    absent = rng.sample([c for c in COLOURS if c not in present], min(len(present), len(COLOURS) - len(present)))
+    qas = [QA(f"Where is {_name(o)}?", o.cell, "absolute_position") for o in objects]
+    qas += [_colour_qa(c, True) for c in present] + [_colour_qa(c, False) for c in absent]
+    for i, a in enumerate(objects):
+        for b in objects[i + 1:]:
+            first, second = (a, b) if rng.random() < 0.5 else (b, a)
+            qas.append(_relation_qa(first, second, rng))
+    qas.append(counting_question(objects, rng))
     return qas
 
 
@@ -271,16 +294,13 @@ def answer_from_scene(question: str, objects: Sequence[dict[str, Any]]) -> str:
     """
     q = question.split("\n")[0].strip()
     by_name = {f"the {o['colour']} {o['shape']}": o for o in objects}
-    if q.startswith("What color is the shape in the "):
-        cell = q[len("What color is the shape in the "):-1]
-        return next(o["colour"] for o in objects if o["cell"] == cell)
+    if q.startswith("Is there a") and q.endswith(" shape?"):
+        colour = q[len("Is there a"):-len(" shape?")].removeprefix("n").strip()
+        return "yes" if any(o["colour"] == colour for o in objects) else "no"
     if q.startswith("Where is "):
         return by_name[q[len("Where is "):-1]]["cell"]
     if q == "How many shapes are there?":
         return number_word(len(objects))
-    if q.startswith("How many "):
-        shape = q[len("How many "):-len("s are there?")]
-        return number_word(sum(o["shape"] == shape for o in objects))
     if q.startswith("Is "):
         body = q[3:-1]
         for phrase, test in (("to the left of", lambda a, b: a["col"] < b["col"]),

@@ -18,31 +18,21 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llava.eval.eval_textvqa import normalize_answer, predictions_by_id, read_jsonl_or_json
+from llava.eval import permutation_report
+from llava.eval.eval_textvqa import normalize_answer, predictions_by_id
+from llava.eval.spatial_scoring import OVERALL, is_correct, load_annotations, majority_answers
 
-OVERALL = "overall"
+__all__ = ["OVERALL", "evaluate", "format_table", "is_correct", "load_annotations", "main", "majority_answers",
+           "score"]
 
 
 def _accuracy(correct: Sequence[bool]) -> float:
     return 100.0 * sum(correct) / len(correct) if correct else 0.0
-
-
-def is_correct(prediction: str, reference: str) -> bool:
-    """The benchmark's match: equal after :func:`~llava.eval.eval_textvqa.normalize_answer`."""
-    return normalize_answer(prediction) == normalize_answer(reference)
-
-
-def majority_answers(annotations: Sequence[dict[str, Any]]) -> dict[str, str]:
-    """Most frequent (normalized) reference answer per category (ties: alphabetically first)."""
-    counts: dict[str, Counter] = defaultdict(Counter)
-    for row in annotations:
-        counts[row.get("category", OVERALL)][normalize_answer(row["answer"])] += 1
-    return {cat: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for cat, c in counts.items()}
 
 
 def score(annotations: Sequence[dict[str, Any]], predictions: dict[str, str]) -> dict[str, Any]:
@@ -68,15 +58,6 @@ def score(annotations: Sequence[dict[str, Any]], predictions: dict[str, str]) ->
             "majority_answer": {c: majority[c] for c in cats if c in majority},
             "count": {c: len(model_hits[c]) for c in cats},
             "missing": missing}
-
-
-def load_annotations(annotation_file: str | Path, flag: str = "--annotation-file") -> list[dict[str, Any]]:
-    """The annotation rows ``{question_id, answer, category}``; errors name ``flag`` and the path."""
-    annotations = read_jsonl_or_json(annotation_file, flag)
-    if isinstance(annotations, dict):
-        raise ValueError(f"{flag} {str(annotation_file)!r} must be JSONL/JSON list of "
-                         "{question_id, answer, category} (llava.data.spatial writes test_answers.jsonl)")
-    return annotations
 
 
 def evaluate(annotation_file: str | Path, result_file: str | Path) -> dict[str, Any]:
@@ -107,8 +88,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if metrics["missing"]:
         print(f"warning: {metrics['missing']} question(s) have no prediction in {a.result_file} (counted wrong)")
     if a.permuted_answers:
-        from llava.eval import permutation_report  # imported here: it imports this module's matching
-
         report = permutation_report.compare_files(a.result_file, a.permuted_answers, a.annotation_file)
         print()
         print(permutation_report.format_report(report))

@@ -10,7 +10,7 @@ answered in both files the report gives the share of answers that changed (alway
 annotations in the spatial benchmark's format (``{question_id, answer, category}``, what
 :mod:`llava.data.spatial` writes), the accuracy without and with permutation and the drop
 (percentage points), overall and per category. Two answers are "the same", and an answer is
-correct, under the spatial benchmark's match (:func:`llava.eval.eval_spatial.is_correct`: equal
+correct, under the spatial benchmark's match (:func:`llava.eval.spatial_scoring.is_correct`: equal
 after VQA normalisation). ``llava.eval.eval_spatial --permuted-answers B.jsonl`` prints the same
 report after its table.
 
@@ -27,8 +27,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from llava.eval.eval_spatial import OVERALL, is_correct, load_annotations
 from llava.eval.eval_textvqa import predictions_by_id
+from llava.eval.spatial_scoring import OVERALL, is_correct, load_annotations
 
 
 def _pct(k: int, n: int) -> float | None:
