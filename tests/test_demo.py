@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from llava.eval import ablation_table, permutation_report
+from llava.serve import permutation
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +101,7 @@ def assert_probe_permutes(checkpoint: Path, image: Path) -> None:
     pixels = process_images([load_image(image)], processor, model.config)
     with torch.no_grad():
         normal = model.encode_image_blocks(pixels)[0][0]
-        permutation_report.enable_permutation(model, 0)
+        permutation.enable_permutation(model, 0)
         permuted = model.encode_image_blocks(pixels)[0][0]
     assert not torch.equal(normal, permuted)
     match = (permuted[:, None, :] == normal[None, :, :]).all(-1)
