@@ -38,11 +38,8 @@ from typing import Any
 
 from llava.data.convert_table import eval_rows, write_json, write_jsonl
 from llava.workflows.curves import final_eval
+from llava.workflows.plan import EvalConfig, Runner, StageConfig, WorkflowConfig
 from llava.workflows.three_stage import (
-    EvalConfig,
-    Runner,
-    StageConfig,
-    WorkflowConfig,
     build_plan,
     config_from_env,
     parse_stages,

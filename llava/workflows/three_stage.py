@@ -53,43 +53,19 @@ from typing import Any
 from llava.workflows.held_out import eval_command as eval_command
 from llava.workflows.held_out import held_out, log_tail
 from llava.workflows.plan import (
-    DEFAULT_EVAL_STEPS as DEFAULT_EVAL_STEPS,
-)
-from llava.workflows.plan import (
-    DEFAULT_SCRIPTS as DEFAULT_SCRIPTS,
-)
-from llava.workflows.plan import (
-    REPO as REPO,
-)
-from llava.workflows.plan import (
-    SCRIPT_KINDS as SCRIPT_KINDS,
-)
-from llava.workflows.plan import (
-    STAGE_NAMES as STAGE_NAMES,
-)
-from llava.workflows.plan import (
-    STAGE_VARS as STAGE_VARS,
-)
-from llava.workflows.plan import (
-    TRAINING_VARS as TRAINING_VARS,
-)
-from llava.workflows.plan import (
-    EvalConfig as EvalConfig,
-)
-from llava.workflows.plan import (
-    Runner as Runner,
-)
-from llava.workflows.plan import (
-    ScriptKind as ScriptKind,
-)
-from llava.workflows.plan import (
-    StageConfig as StageConfig,
-)
-from llava.workflows.plan import (
-    StageStep as StageStep,
-)
-from llava.workflows.plan import (
-    WorkflowConfig as WorkflowConfig,
+    DEFAULT_EVAL_STEPS,
+    DEFAULT_SCRIPTS,
+    REPO,
+    SCRIPT_KINDS,
+    STAGE_NAMES,
+    STAGE_VARS,
+    TRAINING_VARS,
+    EvalConfig,
+    Runner,
+    ScriptKind,
+    StageConfig,
+    StageStep,
+    WorkflowConfig,
 )
 from llava.workflows.stage_records import (
     OUTPUT_MARKERS,
