@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers_data import write_shapes_dataset
 
 from llava.train.checkpoint_check import MANIFEST
@@ -51,15 +52,15 @@ def straight(tmp_path_factory, tiny_llama, tiny_clip):
     return root, data, out
 
 
-@pytest.mark.xfail(reason="known failure after the wave-3 merge: the resumed mm_projector.bin differs in bytes from "
-                   "the uninterrupted run (passed on the trust branch alone); open in issue 26", strict=False)
 @pytest.mark.parametrize("phase", PHASES)
 def test_kill_in_save_phase_then_resume_is_bit_identical(phase: str, straight, tiny_llama: str, tiny_clip: str,
                                                          monkeypatch: pytest.MonkeyPatch, capfd) -> None:
     root, data, reference = straight
     out = root / phase
     argv = _argv(out, data, tiny_llama, tiny_clip)
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+    # The subprocess computes with as many threads as this process's reference run: CPU reductions split over a
+    # different thread count round differently, which is not what this test is about.
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                **{ENV: f"{phase}@4"})
     log = root / f"{phase}.log"
     with log.open("w") as f:
