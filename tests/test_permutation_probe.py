@@ -182,15 +182,14 @@ def e2e(tmp_path_factory, tiny_llama, tiny_clip, llama_tokenizer) -> SimpleNames
     return SimpleNamespace(ckpt=ckpt, annotations=data / "test_answers.jsonl", **files)
 
 
-@pytest.mark.xfail(reason="known failure after the wave-3 merge: the redesigned spatial benchmark (issue 31) "
-                   "changed the question set this hand count expects; open in issue 31", strict=False)
 def test_loader_and_report_match_a_hand_count(e2e):
     a, b = _texts(e2e.plain), _texts(e2e.perm)
     assert _texts(e2e.perm_again) == b  # same seed: identical answers
     assert not (ckpt_config := json.loads((e2e.ckpt / "config.json").read_text())).get("permute_image_tokens")
     assert "permute_seed" not in ckpt_config  # nothing saved into the checkpoint
     refs = {str(r["question_id"]): r for r in map(json.loads, e2e.annotations.read_text().splitlines())}
-    assert a.keys() == b.keys() == refs.keys() and len(a) == 12
+    n = len(refs)  # every question the generator wrote (the count depends on the benchmark's design)
+    assert a.keys() == b.keys() == refs.keys() and n >= 10
     changed = sum(normalize_answer(a[q]) != normalize_answer(b[q]) for q in a)
     hits = sum(normalize_answer(a[q]) == normalize_answer(refs[q]["answer"]) for q in a)
     hits_p = sum(normalize_answer(b[q]) == normalize_answer(refs[q]["answer"]) for q in a)
@@ -198,11 +197,11 @@ def test_loader_and_report_match_a_hand_count(e2e):
                "--annotations", str(e2e.annotations))
     assert res.returncode == 0, res.stderr[-3000:]
     print(res.stdout)
-    acc, acc_p = 100 * hits / 12, 100 * hits_p / 12
-    assert (f"| overall | 12 | {changed} | {100 * changed / 12:.1f} | {acc:.1f} | {acc_p:.1f} | "
+    acc, acc_p = 100 * hits / n, 100 * hits_p / n
+    assert (f"| overall | {n} | {changed} | {100 * changed / n:.1f} | {acc:.1f} | {acc_p:.1f} | "
             f"{acc - acc_p:.1f} |") in res.stdout
     bare = permutation_report.main(["--answers", str(e2e.plain), "--permuted-answers", str(e2e.perm)])
-    assert bare["rows"]["overall"] == {"n": 12, "changed": changed, "changed_pct": pytest.approx(100 * changed / 12),
+    assert bare["rows"]["overall"] == {"n": n, "changed": changed, "changed_pct": pytest.approx(100 * changed / n),
                                        "accuracy": None, "permuted_accuracy": None, "drop": None}
     assert list(bare["rows"]) == ["overall"]
 
@@ -233,17 +232,16 @@ def test_report_on_hand_written_files(tmp_path, capsys):
     assert "warning: 1 question(s) only in --answers (left out)" in out
 
 
-@pytest.mark.xfail(reason="known failure after the wave-3 merge: the redesigned spatial benchmark (issue 31) "
-                   "changed the question set this hand count expects; open in issue 31", strict=False)
 def test_eval_spatial_prints_the_report(e2e, capsys):
     m = eval_spatial.main(["--annotation-file", str(e2e.annotations), "--result-file", str(e2e.plain),
                            "--permuted-answers", str(e2e.perm)])
     out = capsys.readouterr().out
-    assert "| category | n | model acc (%) |" in out and "Permutation probe: 12 questions" in out
+    refs = [json.loads(line) for line in e2e.annotations.read_text().splitlines()]
+    assert "| category | n | model acc (%) |" in out and f"Permutation probe: {len(refs)} questions" in out
     report = permutation_report.compare_files(e2e.plain, e2e.perm, e2e.annotations)
     assert m["permutation"] == report and permutation_report.format_report(report) in out
-    assert list(report["rows"]) == ["absolute_position", "colour", "counting", "relative_position", "overall"]
-    assert sum(r["n"] for c, r in report["rows"].items() if c != "overall") == 12
+    assert list(report["rows"]) == [*sorted({r["category"] for r in refs}), "overall"]
+    assert sum(r["n"] for c, r in report["rows"].items() if c != "overall") == len(refs)
     assert report["rows"]["overall"]["accuracy"] == pytest.approx(m["accuracy"]["overall"])
 
 
