@@ -14,6 +14,7 @@ from llava.utils.deepspeed_shm import allreduce_buffer_path
 REPO = Path(__file__).resolve().parents[1]
 PROJECTOR_KEYS = sorted(f"model.mm_projector.{i}.{w}" for i in (0, 2) for w in ("weight", "bias"))
 STAGE_TIMEOUT_S = 420
+TYPE_WARNING = "to instantiate a model of type"  # transformers' untyped-loading warning (issue 29): never printed
 
 
 def _free_port() -> int:
@@ -41,7 +42,8 @@ def _start(script: str, log: Path, *args: str, **overrides: object) -> subproces
 
 
 def _run(script: str, log: Path, *args: str, **overrides: object) -> str:
-    """Run a stage script to the end; assert it succeeded and left no DeepSpeed segment in /dev/shm."""
+    """Run a stage script to the end; assert it succeeded, left no DeepSpeed segment in /dev/shm and printed no
+    untyped-loading warning."""
     overrides.setdefault("MASTER_PORT", _free_port())
     proc = _start(script, log, *args, **overrides)
     try:
@@ -55,6 +57,7 @@ def _run(script: str, log: Path, *args: str, **overrides: object) -> str:
               if (p := allreduce_buffer_path(rank, {"MASTER_ADDR": "127.0.0.1",
                                                      "MASTER_PORT": str(overrides["MASTER_PORT"])})).exists()]
     assert not leaked, f"{script} left DeepSpeed's shared-memory segments behind: {leaked}"
+    assert TYPE_WARNING not in text, [line for line in text.splitlines() if TYPE_WARNING in line]
     return text
 
 
