@@ -38,3 +38,9 @@ def test_quick_packing_benchmark(tmp_path: Path) -> None:
         assert 0.0 <= r["waste"] < 1.0 and r["processed"] >= r["real"] > 0
         assert r["tokens_per_s"] > 0 and r["rss_peak"] > 0
     assert len(report["ratios"]) == 1 and report["ratios"][0]["mode"] == "packed"
+    ratio, padded = report["ratios"][0], rows["padded"]
+    assert ratio["limit"] == padded["processed"] / padded["real"]  # the speedup's limit: padded tokens / real tokens
+    assert ratio["of_limit"] == ratio["speedup"] / ratio["limit"]
+    assert "| limit (of it) |" in res.stdout
+    for r in rows.values():  # one run (--quick): the median is the run, the range collapses onto it
+        assert r["tokens_per_s_spread"]["median"] == r["tokens_per_s"] == r["real"] / r["repeat_seconds"][0]

@@ -69,10 +69,16 @@ from mix665k import (  # noqa: E402
     draw_samples,
     llm_length,
 )
+from packing_report import (  # noqa: E402
+    LAYOUTS,
+    full_scale_table,
+    mixture_table,
+    ratio_rows,
+    ratio_table,
+    results_table,
+)
 
-WASTE_GOAL, SPEEDUP_GOALS = 0.03, ((576, 1.3), (16, 1.8))  # issue 17's goals (packed vs padded)
 MODES = ("padded", "packed", "packed+groups", "packed+mask")
-LAYOUTS = ("padded", "packed", "packed+groups")  # packed+mask packs like packed (only attention differs)
 PER_SAMPLE = ("packed", "packed+groups")  # attention once per sample: sum of s^2 cells, not rows x L^2
 
 
@@ -269,31 +275,48 @@ def run_mode(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     return json.loads(out_path.read_text())
 
 
+def _spread(values: list[float]) -> dict[str, float]:
+    """Median and range of repeated measurements."""
+    return dict(median=float(np.median(values)), low=float(min(values)), high=float(max(values)))
+
+
 def measure(samples: list[dict[str, Any]], image_tokens: int, args: argparse.Namespace, paths: tuple[str, str],
             workdir: Path) -> list[dict[str, Any]]:
-    """Every requested mode on the samples that fit 2048 at ``image_tokens``; one row per mode."""
+    """Every requested mode on the samples that fit 2048 at ``image_tokens``, ``--repeats`` times with the modes
+    interleaved (drift hits every mode alike); one row per mode, times as the median and range of the repeats."""
     keep = [s for s in samples if llm_length(s, image_tokens) <= CAPACITY]
     flags = dict(compression_after_projection=True, final_spatial_size=image_tokens) if image_tokens != 576 else {}
-    out = []
+    plans = {}
     for mode in args.modes:
         steps, lengths = schedule(mode, keep, image_tokens, args.world_size, args)
-        spec = dict(mode=mode, image_tokens=image_tokens, llm=paths[0], clip=paths[1], flags=flags, samples=keep,
-                    steps=steps, threads=args.threads, seed=args.seed, warmup=args.warmup, image_size=96,
-                    profile=args.profile)
-        print(f"[{image_tokens} tok / {mode}] {len(keep)} samples ({len(samples) - len(keep)} dropped: > {CAPACITY}), "
-              f"{len(steps)} steps", file=sys.stderr, flush=True)
-        res, stats = run_mode(spec, workdir), schedule_stats(steps, lengths, one_row=mode in PER_SAMPLE)
-        processed = sum(b * w for b, w in res["shapes"])
-        if processed != stats["processed"]:
-            raise SystemExit(f"{mode}: the model processed {processed} positions, the schedule says "
-                             f"{stats['processed']}; the benchmark's length model is out of step with the code")
-        seconds = sum(res["times"])
+        plans[mode] = (steps, schedule_stats(steps, lengths, one_row=mode in PER_SAMPLE))
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in args.modes}
+    for rep in range(args.repeats):
+        for mode in args.modes:
+            steps, stats = plans[mode]
+            spec = dict(mode=mode, image_tokens=image_tokens, llm=paths[0], clip=paths[1], flags=flags, samples=keep,
+                        steps=steps, threads=args.threads, seed=args.seed, warmup=args.warmup, image_size=96,
+                        profile=args.profile)
+            print(f"[{image_tokens} tok / {mode}] repeat {rep + 1}/{args.repeats}: {len(keep)} samples "
+                  f"({len(samples) - len(keep)} dropped: > {CAPACITY}), {len(steps)} steps", file=sys.stderr,
+                  flush=True)
+            res = run_mode(spec, workdir)
+            processed = sum(b * w for b, w in res["shapes"])
+            if processed != stats["processed"]:
+                raise SystemExit(f"{mode}: the model processed {processed} positions, the schedule says "
+                                 f"{stats['processed']}; the benchmark's length model is out of step with the code")
+            runs[mode].append(res)
+    out = []
+    for mode, (steps, stats) in plans.items():
+        res, seconds = runs[mode][0], [sum(r["times"]) for r in runs[mode]]
         stats["computed_cells"] = stats["useful_cells"] if mode in PER_SAMPLE else stats["cells"]
+        peak, delta = [r["rss_peak"] for r in runs[mode]], [r["rss_peak"] - r["rss_start"] for r in runs[mode]]
         out.append(dict(stats, image_tokens=image_tokens, mode=mode, samples=len(keep), steps=len(steps),
                         dropped=len(samples) - len(keep), rows=sum(b for b, _ in res["shapes"]) / len(steps),
-                        width=sum(w for _, w in res["shapes"]) / len(steps), seconds=seconds,
-                        tokens_per_s=stats["real"] / seconds, rss_peak=res["rss_peak"],
-                        rss_delta=res["rss_peak"] - res["rss_start"]))
+                        width=sum(w for _, w in res["shapes"]) / len(steps), seconds=float(np.median(seconds)),
+                        repeat_seconds=seconds, tokens_per_s=stats["real"] / float(np.median(seconds)),
+                        tokens_per_s_spread=_spread([stats["real"] / t for t in seconds]),
+                        rss_peak=float(np.median(peak)), rss_delta=float(np.median(delta))))
     return out
 
 
@@ -309,83 +332,6 @@ def full_scale(pool: list[dict[str, Any]], args: argparse.Namespace) -> list[dic
             row[mode], row[f"{mode} per row"] = stats["waste"], len(keep) / stats["rows"]
         out.append(row)
     return out
-
-
-# ---- the report ----
-
-def markdown(header: list[str], rows: list[list[Any]]) -> list[str]:
-    """A Markdown table's lines."""
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-        "| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-
-
-def mixture_table(pool: list[dict[str, Any]], sample: list[dict[str, Any]]) -> list[str]:
-    """The modelled composition, with text lengths as drawn on the pool."""
-    total, cells = sum(s.count_k for s in MIXTURE), []
-    for name, count, image, turns, q, a, tpw in [tuple(s) for s in MIXTURE] + [("total", total, *[None] * 5)]:
-        text = [s["text"] for s in pool if name in ("total", s["source"])]
-        cells.append([name, f"{count}K", f"{count / total:.1%}", {True: "yes", False: "no", None: ""}[image],
-                      f"{turns[0]}-{turns[1]}" if turns else "", f"{q[0]:g} ({q[1]:g})" if q else "",
-                      f"{a[0]:g} ({a[1]:g})" if a else "", tpw or "",
-                      f"{np.mean(text):.0f} / {np.percentile(text, 95):.0f}",
-                      sum(name in ("total", s["source"]) for s in sample)])
-    return markdown(["source", "count", "share", "image", "turns", "question tok", "answer tok", "tok/word",
-                     "text tok mean / p95 (drawn)", "in run"], cells)
-
-
-def results_table(rows: list[dict[str, Any]]) -> list[str]:
-    """One line per (image tokens, mode)."""
-    cells = []
-    for r in rows:
-        base = next(b for b in rows if b["image_tokens"] == r["image_tokens"] and b["mode"] == "padded")
-        cells.append([r["image_tokens"], r["mode"], f"{r['samples']} ({r['dropped']})", r["steps"],
-                      f"{r['rows']:.1f} x {r['width']:.0f}", r["real"], r["processed"], f"{r['waste']:.1%}",
-                      f"{r['tokens_per_s']:.0f}", f"{r['seconds'] / r['samples']:.3f}",
-                      f"{r['computed_cells'] / base['computed_cells']:.2f}x",
-                      f"{r['useful_cells'] / r['computed_cells']:.0%}",
-                      f"{r['rss_peak']:.0f}", f"{r['rss_delta']:.0f}"])
-    return markdown(["image tok", "mode", "samples (dropped)", "steps", "rows x width (mean)", "real tok",
-                     "processed", "waste", "useful tok/s", "s/sample", "attn cells computed vs padded",
-                     "of them in-sample", "peak RSS MiB", "peak - start MiB"], cells)
-
-
-def ratio_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """packed / padded ratios of the same run, with the issue's goals."""
-    out = []
-    for r in rows:
-        base = next(b for b in rows if b["image_tokens"] == r["image_tokens"] and b["mode"] == "padded")
-        if r is base:
-            continue
-        goal, speed = dict(SPEEDUP_GOALS).get(r["image_tokens"]), r["tokens_per_s"] / base["tokens_per_s"]
-        out.append(dict(image_tokens=r["image_tokens"], mode=r["mode"], speedup=speed, speedup_goal=goal,
-                        speedup_met=None if goal is None else speed >= goal, waste=r["waste"],
-                        padded_waste=base["waste"], waste_met=r["waste"] <= WASTE_GOAL,
-                        rss_delta_ratio=r["rss_delta"] / max(base["rss_delta"], 1e-9),
-                        rss_peak_ratio=r["rss_peak"] / base["rss_peak"],
-                        cells_ratio=r["computed_cells"] / base["computed_cells"]))
-    return out
-
-
-def ratio_table(ratios: list[dict[str, Any]]) -> list[str]:
-    """The ratios and whether each goal is met."""
-    def met(flag: bool | None) -> str:
-        return "n/a" if flag is None else ("met" if flag else "MISSED")
-
-    cells = [[q["image_tokens"], q["mode"], f"{q['speedup']:.2f}x",
-              "-" if q["speedup_goal"] is None else f">= {q['speedup_goal']}x: {met(q['speedup_met'])}",
-              f"{q['waste']:.1%} ({q['padded_waste']:.1%})", f"<= {WASTE_GOAL:.0%}: {met(q['waste_met'])}",
-              f"{q['rss_delta_ratio']:.2f}x", f"{q['rss_peak_ratio']:.2f}x", f"{q['cells_ratio']:.2f}x"]
-             for q in ratios]
-    return markdown(["image tok", "mode", "useful tok/s vs padded", "goal", "waste (padded)", "waste goal",
-                     "peak - start RSS vs padded", "peak RSS vs padded", "attn cells computed vs padded"], cells)
-
-
-def full_scale_table(rows: list[dict[str, Any]], pool: int) -> list[str]:
-    """Waste of every mode on the large pool."""
-    return markdown(["image tok", "samples of the pool that fit", "mean length",
-                     *(f"{m} waste (samples/row)" for m in LAYOUTS)],
-                    [[r["image_tokens"], f"{r['samples']} of {pool}", f"{r['mean_length']:.0f}",
-                      *(f"{r[m]:.1%} ({r[m + ' per row']:.2f})" for m in LAYOUTS)] for r in rows])
 
 
 # ---- entry point ----
@@ -406,6 +352,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed runs of every mode, interleaved (median and range; default 3, 1 with --quick)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps per mode (the first step)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smoke run (< 60 s): 12 samples, 16 image tokens, h=64")
@@ -416,6 +364,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:  # a smoke run: a smaller LLM too, so it says nothing about speed
         args.samples, args.pool, args.hidden = 12, 1000, 64
+    args.repeats = args.repeats or (1 if args.quick else 3)
     args.image_tokens = args.image_tokens or ([16] if args.quick else [576, 16])
     args.modes = args.modes or ["padded", "packed"]
     if "padded" not in args.modes:
@@ -462,14 +411,16 @@ def main(argv: list[str] | None = None) -> None:
              "1 answer-end template tokens; image samples + the image tokens; samples > 2048 dropped in both modes.",
              "",
              *mixture_table(pool, samples), "",
-             "## Measured (same samples in every mode of a row group; one run)", "", *results_table(rows), "",
+             f"## Measured (same samples in every mode of a row group; median [range] of {args.repeats} run(s))", "",
+             *results_table(rows), "",
              "## packed / padded ratios (same run)", "", *ratio_table(ratios), "",
              f"## Waste at full scale (analytic, pool of {args.pool}, sampler world size 8 x {args.batch}; one row "
              "per pack, as eager / flex / the dense mask get it: per-sample attention puts a batch's packs in "
              "one row, with no padding)", "",
              *full_scale_table(scale, args.pool), "",
              f"_waste = padding / processed LLM positions; useful tok/s = real (non-padding, image tokens included) "
-             f"LLM positions per second of fwd+bwd+AdamW; peak RSS = ru_maxrss of the mode's subprocess; the "
+             f"LLM positions per second of fwd+bwd+AdamW; limit = padded processed / real positions (the speedup if "
+             f"time were proportional to processed positions); peak RSS = ru_maxrss of the mode's subprocess; the "
              f"issue's goals: packed waste <= 3%, tok/s >= 1.3x (576) and 1.8x (16). Total "
              f"{time.perf_counter() - start:.0f}s._"]
     print("\n".join(lines), flush=True)
