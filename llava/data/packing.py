@@ -301,7 +301,7 @@ def packed_data_module(data_module: dict[str, Any], data_args: Any, training_arg
             by_modality=bool(training_args.group_by_modality_length), cache_path=cache,
             main_process_first=training_args.main_process_first(local=False, desc="packing lengths"))
     except BadSampleError as err:
-        fail(f"{err}; or pass --skip_bad_samples True to skip and count such samples")
+        fail(str(err))  # its message already names --skip_bad_samples
     plain = data_module["data_collator"]
     return dict(data_module, train_dataset=packed,
                 data_collator=PackedCollator(plain.pad_token_id, one_row=one_row, unpacked=plain))
