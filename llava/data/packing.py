@@ -3,7 +3,8 @@
 * **Lengths** (:func:`sample_lengths`): every sample's tokens before the image splice and its image
   count, from tokenization alone (images are never opened), cached in a JSON file keyed by the data
   file's SHA-256 and the tokenizer/template settings (``--packing_length_cache``, default
-  ``<output_dir>/packing_lengths.json``; rank 0 computes it, the other ranks read it). The length
+  ``<output_dir>/packing_lengths.json``; rank 0 computes it over worker processes,
+  :mod:`llava.data.token_count`, the other ranks read it). The length
   of a sample in the LLM sequence is ``tokens + images * (tokens_per_image - 1)``, with the add-on
   registry's tokens per image (compression, interleave, registers ...).
 * **Packs** (:func:`first_fit_decreasing`): the samples in a seeded random order, cut into buffers of
@@ -27,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.data.preprocess import BadSampleError
+from llava.data.token_count import count_tokens
 from llava.utils.atomic import atomic_write_json
 from llava.utils.user_errors import fail
 
@@ -64,25 +65,6 @@ def cache_key(dataset: Any) -> dict[str, Any]:
                 tokenizer=f"{type(tok).__name__}:{getattr(tok, 'name_or_path', '')}:{len(tok)}",
                 template=hashlib.sha256(repr(dataset.conv).encode()).hexdigest(),
                 mm_use_im_start_end=bool(dataset.mm_use_im_start_end))
-
-
-def count_tokens(dataset: Any, report_every_s: float = 30.0) -> tuple[list[int], list[int]]:
-    """(tokens, images) per sample by tokenization (-1 tokens for a structurally bad sample); shows progress."""
-    tokens, images = [], []
-    n, start, last = len(dataset), time.monotonic(), time.monotonic()
-    for i in range(n):
-        try:
-            counted = dataset.token_count(i)
-        except BadSampleError:
-            counted = (-1, 0)  # exclude_bad says why, or stops the run
-        tokens.append(counted[0])
-        images.append(counted[1])
-        now = time.monotonic()
-        if now - last >= report_every_s and i + 1 < n:
-            last = now
-            eta = (now - start) / (i + 1) * (n - i - 1)
-            print(f"[packing] counting tokens {i + 1}/{n} ({100 * (i + 1) // n}%) ETA {eta:.0f}s", flush=True)
-    return tokens, images
 
 
 def sample_lengths(dataset: Any, cache_path: str | None) -> tuple[list[int], list[int]]:
