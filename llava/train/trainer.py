@@ -29,7 +29,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback
+from transformers import AutoConfig, Trainer, TrainerCallback
+from transformers.trainer import TRAINING_ARGS_NAME
 
 from llava.model.checkpoints import MM_PROJECTOR_FILE, NON_LORA_FILE, projector_tensors
 from llava.train.aux_loss_logging import AuxLossLoggingMixin
@@ -55,6 +56,15 @@ class AppliedGroupRates(TrainerCallback):
         for group in getattr(optimizer, "param_groups", ()):
             if group.get(GROUP_KEY):
                 self.rates[group[GROUP_KEY]] = float(group["lr"])
+
+
+def embeddings_resized(peft_model: Any) -> bool:
+    """True when the LoRA model's vocabulary differs from its base model's config (PEFT then saves the
+    embeddings); a base without a local ``config.json`` counts as not resized (nothing is fetched)."""
+    base = getattr(peft_model.peft_config.get(peft_model.active_adapter), "base_model_name_or_path", None)
+    if not base or not os.path.isfile(os.path.join(base, "config.json")):
+        return False
+    return AutoConfig.from_pretrained(base).vocab_size != peft_model.config.vocab_size
 
 
 def atomic_save_config(config: Any, output_dir: str) -> None:
@@ -190,6 +200,25 @@ class LLaVATrainer(ValidationMixin, ThroughputMixin, AuxLossLoggingMixin, Traine
             from llava.train.save_hook import stop_if_asked
 
             stop_if_asked("model", self.state.global_step)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """LoRA: PEFT's ``save_pretrained`` with ``save_embedding_layers`` decided here (were the embeddings resized
+        against the base model's config?) rather than by PEFT's "auto", which reloads the base config through
+        ``LlavaLlamaConfig`` and warns that a ``llama`` config instantiates ``llava_llama``. Otherwise the Trainer's."""
+        if not self.is_lora():
+            super()._save(output_dir, state_dict=state_dict)
+            return
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        model = self._unwrapped()
+        if self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+        model.save_pretrained(output_dir, state_dict=state_dict, is_main_process=self.args.should_save,
+                              save_embedding_layers=embeddings_resized(model))
+        if not self.args.should_save:
+            return
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
     def _save_projector(self, output_dir: str) -> None:
         model = self._unwrapped()
