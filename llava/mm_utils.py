@@ -73,11 +73,21 @@ def process_images(images: Sequence[Image.Image], image_processor: Any, model_cf
     return torch.stack([image_to_tensor(image, image_processor, aspect) for image in images], dim=0)
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
+# The pad colour of LLaVA-1.5's CLIP processor (image_mean x 255): transparency is composited onto it when the
+# caller has no processor of its own.
+CLIP_BACKGROUND = (122, 116, 104)
+
+
+def load_image(path: str | os.PathLike, background: tuple[int, ...] = CLIP_BACKGROUND,
+               max_pixels: int | None = None) -> Image.Image:
     """Open a local image file fully (truncated files raise) and convert it to RGB.
 
-    URLs are refused: download the file first. Raises ``FileNotFoundError`` for a missing path and
-    ``OSError`` (PIL's ``UnidentifiedImageError`` or "truncated") for unreadable files.
+    Transparent pixels (RGBA, LA, PA, and P/L/RGB images with a ``transparency`` entry) are composited onto
+    ``background``: pass :func:`background_color_for` of the model's processor so they match the colour
+    ``pad`` uses. ``max_pixels`` (width x height) refuses larger images from their header, before decoding,
+    with ``PIL.Image.DecompressionBombError``. URLs are refused: download the file first. Raises
+    ``FileNotFoundError`` for a missing path and ``OSError`` (PIL's ``UnidentifiedImageError`` or
+    "truncated") for unreadable files.
     """
     path = os.fspath(path)
     if path.startswith(("http://", "https://")):
@@ -92,8 +102,31 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         with Image.open(path) as probe:
             probe.verify()
     with Image.open(path) as image:
+        check_pixel_count(image.size, max_pixels)
         image.load()
+        if has_transparency(image):
+            return composite_on(image, background)
         return to_8bit_rgb(image)
+
+
+def check_pixel_count(size: tuple[int, int], max_pixels: int | None) -> None:
+    """Raise ``PIL.Image.DecompressionBombError`` when ``size`` has more than ``max_pixels`` pixels."""
+    if max_pixels is not None and size[0] * size[1] > max_pixels:
+        raise Image.DecompressionBombError(
+            f"image size {size[0]}x{size[1]} = {size[0] * size[1]} pixels exceeds --max_image_pixels={max_pixels} "
+            "(a decompression bomb, or raise the limit)")
+
+
+def has_transparency(image: Image.Image) -> bool:
+    """Whether ``image`` carries transparency: an alpha band, or a ``transparency`` colour/palette entry."""
+    return image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
+
+
+def composite_on(image: Image.Image, background: tuple[int, ...]) -> Image.Image:
+    """``image`` alpha-composited onto an opaque ``background`` colour, as RGB."""
+    rgba = image.convert("RGBA")
+    canvas = Image.new("RGBA", rgba.size, (*tuple(background)[:3], 255))
+    return Image.alpha_composite(canvas, rgba).convert("RGB")
 
 
 # integer modes wider than 8 bits: Pillow's convert("RGB") clips them at 255 instead of scaling

@@ -85,6 +85,29 @@ def test_length_cache_is_reused_and_invalidated(dataset, tmp_path, monkeypatch):
     assert again[0][0] > first[0][0] and again[0][1:] == first[0][1:]
 
 
+@pytest.mark.parametrize("damage", ["empty", "truncated", "forged counts", "not an object"])
+def test_a_damaged_length_cache_is_warned_about_and_recounted(dataset, tmp_path, caplog, damage):
+    cache = tmp_path / "lengths.json"
+    first = packing.sample_lengths(dataset, str(cache))
+    text = cache.read_text()
+    if damage == "empty":
+        cache.write_text("")
+    elif damage == "truncated":
+        cache.write_text(text[: len(text) // 2])
+    elif damage == "not an object":
+        cache.write_text("[1, 2]")
+    else:  # a hand edit that would let a pack exceed the length: counts changed, digest left alone
+        cached = json.loads(text)
+        cached["tokens"][0] = 1
+        cache.write_text(json.dumps(cached))
+    with caplog.at_level("WARNING", logger="llava.data.packing"):
+        assert packing.sample_lengths(dataset, str(cache)) == first
+    expected = ("do not match their digest (edited or damaged); counting again" if damage == "forged counts"
+                else "is unreadable")
+    assert [r for r in caplog.records if expected in r.getMessage() and str(cache) in r.getMessage()], caplog.text
+    assert json.loads(cache.read_text())["tokens"] == first[0]  # rewritten whole
+
+
 def test_collator_concatenates_samples_marks_them_and_ignores_first_labels(dataset):
     packed = packing.PackedDataset(dataset, [[0, 4], [1]], [100, 100, 100, 100, 100, 100, 100, 100])
     items = [packed[0], packed[1]]

@@ -34,7 +34,7 @@ from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import get_conv_template
 from llava.data.preprocess import BAD_SAMPLE_CATEGORIES, BadSampleError, preprocess, preprocess_multimodal
 from llava.data.sample_check import structural_problems
-from llava.mm_utils import image_to_tensor, load_image
+from llava.mm_utils import background_color_for, image_to_tensor, load_image
 from llava.utils.image_files import image_inside_folder
 
 __all__ = [
@@ -137,6 +137,7 @@ class LazySupervisedDataset(Dataset):
         self.num_image_tokens = getattr(data_args, "num_image_tokens", None)
         self.skip_bad_samples = bool(getattr(data_args, "skip_bad_samples", False))
         self.allow_absolute_image_paths = bool(getattr(data_args, "allow_absolute_image_paths", False))
+        self.max_image_pixels = getattr(data_args, "max_image_pixels", None) or None
         n_images = sum(_has_image(s) for s in self.list_data_dict)
         if n_images and not self.is_multimodal:
             raise ValueError(
@@ -156,6 +157,7 @@ class LazySupervisedDataset(Dataset):
             )
         # Per-sample status shared with DataLoader workers: 0 = fine/unknown, k = BAD_SAMPLE_CATEGORIES[k-1].
         self._status = torch.zeros(len(self.list_data_dict), dtype=torch.int8).share_memory_()
+        self._failed = torch.full((1,), -1, dtype=torch.int64).share_memory_()  # index of a fatal fetch failure
         if self.skip_bad_samples:  # structural problems are known up front: skipped and counted exactly
             for i, sample in enumerate(self.list_data_dict):
                 if problems := structural_problems(sample):
@@ -212,7 +214,20 @@ class LazySupervisedDataset(Dataset):
         try:
             return self._build(sample, sample_id, i)
         except BadSampleError as err:
+            if not self.skip_bad_samples:
+                self._failed[0] = i  # seen by the main process even when a DataLoader worker raised
             raise err.located(sample_id, self.data_path, i) from None
+
+    def fetch_failure(self) -> BadSampleError | None:
+        """The located error of the sample whose fetch stopped training (any worker), or None."""
+        i = int(self._failed[0])
+        if i < 0:
+            return None
+        try:
+            self._build(self.list_data_dict[i], self._sample_id(i), i)
+        except BadSampleError as err:
+            return err.located(self._sample_id(i), self.data_path, i)
+        return None
 
     def get_or_none(self, i: int) -> dict[str, torch.Tensor] | None:
         """Sample ``i`` itself, or None when it is bad and ``skip_bad_samples`` is on (counted; packing uses it)."""
@@ -279,8 +294,10 @@ class LazySupervisedDataset(Dataset):
         item = dict(input_ids=input_ids, labels=labels)
         if image_path is not None:
             try:
-                image = load_image(image_path)
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+                image = load_image(image_path, background_color_for(self.image_processor), self.max_image_pixels)
+            except Image.DecompressionBombError as err:
+                raise BadSampleError("image_too_large", f"{image_path}: {err}") from None
+            except (OSError, SyntaxError, ValueError) as err:
                 raise BadSampleError(
                     "unreadable_image", f"cannot read image {image_path}: {type(err).__name__}: {err}"
                 ) from None
@@ -342,15 +359,24 @@ class LazySupervisedDataset(Dataset):
         dist.all_reduce(status, op=dist.ReduceOp.MAX)
         self._status.copy_(status.cpu().to(torch.int8))
 
-    def status_record(self) -> dict[str, str]:
-        """{index: category} of every sample skipped or fully masked so far (for a checkpoint's JSON)."""
+    def status_record(self) -> list[dict[str, Any]]:
+        """Every sample skipped or fully masked so far, as ``{index, id, category, path}`` (``path``: the image
+        file, or None), by index: a checkpoint's and the output folder's ``skipped_samples.json``."""
         names = (*BAD_SAMPLE_CATEGORIES, "tokenization_mismatch")
-        return {str(i): names[int(self._status[i]) - 1] for i in self._status.nonzero().flatten().tolist()}
+        out = []
+        for i in self._status.nonzero().flatten().tolist():
+            sample = self.list_data_dict[i]
+            image = sample.get("image") if isinstance(sample, dict) else None
+            path = os.path.join(self.image_folder or "", image) if isinstance(image, str) else None
+            out.append(dict(index=i, id=str(self._sample_id(i)), category=names[int(self._status[i]) - 1], path=path))
+        return out
 
-    def restore_status(self, record: dict[str, str]) -> None:
-        """Take back :meth:`status_record` from the checkpoint a run resumes from (counts stay exact)."""
+    def restore_status(self, record: list[dict[str, Any]] | dict[str, str]) -> None:
+        """Take back :meth:`status_record` from the checkpoint a run resumes from (counts stay exact); the older
+        ``{index: category}`` form is read too."""
         names = (*BAD_SAMPLE_CATEGORIES, "tokenization_mismatch")
-        for index, category in record.items():
+        pairs = record.items() if isinstance(record, dict) else ((r.get("index"), r.get("category")) for r in record)
+        for index, category in pairs:
             if category in names and 0 <= int(index) < len(self._status):
                 self._status[int(index)] = max(int(self._status[int(index)]), names.index(category) + 1)
 

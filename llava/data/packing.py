@@ -26,6 +26,7 @@ that turns out bad when fetched (e.g. a missing image) is dropped from its pack 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -37,51 +38,67 @@ from torch.utils.data import Dataset
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.data.preprocess import BadSampleError
+from llava.data.store import file_sha256
 from llava.data.token_count import count_tokens
 from llava.utils.atomic import atomic_write_json
 from llava.utils.user_errors import fail
 
 logger = logging.getLogger(__name__)
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the counts carry their SHA-256 (counts_sha256)
 CACHE_FILE = "packing_lengths.json"
 DEFAULT_PACKING_BUFFER = 10000  # samples shuffled and packed together (--packing_buffer_size 0)
 
 
 # ---- lengths ----
 
-def file_digest(path: str) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def cache_key(dataset: Any) -> dict[str, Any]:
     """What the token counts depend on: the data file, the tokenizer and the prompt template."""
     tok = dataset.tokenizer
-    return dict(format=CACHE_FORMAT, data_sha256=file_digest(dataset.data_path), samples=len(dataset),
+    return dict(format=CACHE_FORMAT, data_sha256=file_sha256(dataset.data_path), samples=len(dataset),
                 tokenizer=f"{type(tok).__name__}:{getattr(tok, 'name_or_path', '')}:{len(tok)}",
                 template=hashlib.sha256(repr(dataset.conv).encode()).hexdigest(),
                 mm_use_im_start_end=bool(dataset.mm_use_im_start_end))
 
 
-def sample_lengths(dataset: Any, cache_path: str | None) -> tuple[list[int], list[int]]:
-    """(tokens, images) per sample, read from ``cache_path`` when its key matches, else counted (and written)."""
-    import json
+def counts_digest(tokens: Sequence[int], images: Sequence[int]) -> str:
+    """SHA-256 of the per-sample counts: a cache whose counts were edited by hand no longer matches it."""
+    return hashlib.sha256(json.dumps([list(tokens), list(images)], separators=(",", ":")).encode()).hexdigest()
 
-    key = cache_key(dataset)
-    if cache_path and os.path.isfile(cache_path):
+
+def read_cached_lengths(cache_path: str, key: dict[str, Any]) -> tuple[list[int], list[int]] | None:
+    """The counts in ``cache_path`` when it is whole, made for ``key`` and its counts match their digest; a
+    cache that is empty, truncated, not JSON or edited is warned about (None: count again)."""
+    try:
         with open(cache_path, encoding="utf-8") as f:
             cached = json.load(f)
-        if cached.get("key") == key:
-            return list(cached["tokens"]), list(cached["images"])
-        logger.info("packing: %s was made for other data or settings; counting again", cache_path)
+        if isinstance(cached, dict) and cached.get("key") != key:
+            logger.info("packing: %s was made for other data or settings; counting again", cache_path)
+            return None
+        tokens, images, digest = list(cached["tokens"]), list(cached["images"]), cached["counts_sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        logger.warning("packing: the length cache %s is unreadable (%s: %s); counting again", cache_path,
+                       type(err).__name__, err)
+        return None
+    if len(tokens) != key["samples"] or len(images) != key["samples"] or counts_digest(tokens, images) != digest:
+        logger.warning("packing: the counts in %s do not match their digest (edited or damaged); counting again",
+                       cache_path)
+        return None
+    return tokens, images
+
+
+def sample_lengths(dataset: Any, cache_path: str | None) -> tuple[list[int], list[int]]:
+    """(tokens, images) per sample, read from ``cache_path`` when it is sound and its key matches, else counted
+    (and written with the data file's SHA-256 and a digest of the counts)."""
+    key = cache_key(dataset)
+    if cache_path and os.path.isfile(cache_path):
+        cached = read_cached_lengths(cache_path, key)
+        if cached is not None:
+            return cached
     tokens, images = count_tokens(dataset)
     if cache_path:
         os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
-        atomic_write_json(cache_path, dict(key=key, tokens=tokens, images=images), indent=None)
+        atomic_write_json(cache_path, dict(key=key, tokens=tokens, images=images,
+                                           counts_sha256=counts_digest(tokens, images)), indent=None)
     return tokens, images
 
 
@@ -193,11 +210,14 @@ class PackedDataset(Dataset):
     def sync_across_ranks(self) -> None:
         self.inner.sync_across_ranks()
 
-    def status_record(self) -> dict[str, str]:
+    def status_record(self) -> list[dict[str, Any]]:
         return self.inner.status_record()
 
-    def restore_status(self, record: dict[str, str]) -> None:
+    def restore_status(self, record: Any) -> None:
         self.inner.restore_status(record)
+
+    def fetch_failure(self) -> Any:
+        return self.inner.fetch_failure()
 
     def skip_report(self) -> str:
         return self.inner.skip_report()

@@ -54,6 +54,7 @@ BAD_SAMPLE_CATEGORIES = (
     "image_outside_folder",
     "unreadable_image",
     "too_long",
+    "image_too_large",
 )
 
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue as queue_mod
-import time
 import traceback
 from typing import Any
 
 from llava.data.preprocess import BadSampleError
+from llava.utils.progress_line import ProgressLine
 
 PROGRESS_EVERY = 500  # samples between a worker's progress messages
 MIN_PER_WORKER = 2000  # below this many samples per worker, forking costs more than it saves
@@ -50,29 +50,12 @@ def _count_slice(dataset: Any, lo: int, hi: int, out: Any) -> None:
         out.put(("error", lo, traceback.format_exc()))
 
 
-class _Progress:
-    """One ``[packing] counting tokens`` line at most every ``every_s`` seconds."""
-
-    def __init__(self, total: int, every_s: float) -> None:
-        self.total, self.every_s, self.done = total, every_s, 0
-        self.start = self.last = time.monotonic()
-
-    def add(self, k: int) -> None:
-        self.done += k
-        now = time.monotonic()
-        if now - self.last >= self.every_s and self.done < self.total:
-            self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            print(f"[packing] counting tokens {self.done}/{self.total} ({100 * self.done // self.total}%), "
-                  f"{rate:.0f} samples/s, ETA {(self.total - self.done) / rate:.0f}s", flush=True)
-
-
 def count_tokens(dataset: Any, workers: int | None = None, report_every_s: float = 30.0) -> tuple[list[int], list[int]]:
     """(tokens, images) per sample (-1 tokens for a structurally bad sample), over ``workers`` processes
     (default :func:`default_workers`; 1 counts in this process)."""
     n = len(dataset)
     workers = max(1, min(default_workers(n) if workers is None else workers, n))
-    progress = _Progress(n, report_every_s)
+    progress = ProgressLine("[packing] counting tokens", n, report_every_s)
     if workers == 1:
         tokens, images = [], []
         for i in range(n):

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from llava.mm_utils import load_image, process_images
+from llava.mm_utils import background_color_for, load_image, process_images
 from llava.utils.atomic import atomic_path, atomic_write_text
 from llava.utils.image_files import IMAGE_EXTENSIONS, find_image_files
 
@@ -88,7 +88,7 @@ def iter_pixel_batches(paths: Sequence[Path], image_processor: Any, model_config
         images = []
         for path in paths[start:start + batch_size]:
             try:
-                images.append(load_image(path))
+                images.append(load_image(path, background_color_for(image_processor)))
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
                 raise InputError(f"cannot read image {str(path)!r} ({type(err).__name__}: {err}); "
                                  "remove or replace the file") from None

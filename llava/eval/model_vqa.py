@@ -28,7 +28,7 @@ from llava.eval.model_vqa_loader import (
     open_answers,
     read_questions,
 )
-from llava.mm_utils import get_model_name_from_path, load_image, process_images
+from llava.mm_utils import background_color_for, get_model_name_from_path, load_image, process_images
 
 
 def eval_model(args: argparse.Namespace) -> None:
@@ -44,7 +44,9 @@ def eval_model(args: argparse.Namespace) -> None:
             ids, stop = build_prompt(q["text"], conv_mode, tokenizer, has_image, start_end)
             images = None
             if has_image:
-                images = process_images([load_image(Path(args.image_folder) / q["image"])], processor, model.config)
+                pad = background_color_for(processor)
+                image = load_image(Path(args.image_folder) / q["image"], pad)
+                images = process_images([image], processor, model.config)
             text = generate_batch(model, tokenizer, [ids], images, stop, args.temperature, args.top_p,
                                   args.num_beams, args.max_new_tokens)[0]
             out.write(json.dumps(answer_record(q["question_id"], q["text"], text, model_id)) + "\n")

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from llava.mm_utils import get_model_name_from_path, load_image, process_images
+from llava.mm_utils import background_color_for, get_model_name_from_path, load_image, process_images
 from llava.serve.inference import (
     default_conv_mode,
     generation_kwargs,
@@ -198,7 +198,8 @@ def eval_model(args: argparse.Namespace) -> None:
                          for q in group]
                 images = None
                 if group[0].get("image"):
-                    pil = [load_image(Path(args.image_folder) / q["image"]) for q in group]
+                    pad = background_color_for(processor)
+                    pil = [load_image(Path(args.image_folder) / q["image"], pad) for q in group]
                     images = process_images(pil, processor, model.config)
                 texts = generate_batch(model, tokenizer, [p for p, _ in built], images, built[0][1],
                                        args.temperature, args.top_p, args.num_beams, args.max_new_tokens)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from llava.mm_utils import load_image, process_images
+from llava.mm_utils import background_color_for, load_image, process_images
 from llava.model.builder import load_pretrained_model
 from llava.serve.inference import default_conv_mode, generate_reply, new_conversation, with_image_tokens
 
@@ -31,7 +31,8 @@ def eval_model(args: argparse.Namespace) -> str:
     tokenizer, model, image_processor, _ = load_pretrained_model(args.model_path, args.model_base, None,
                                                                  device=args.device)
     files = [f for f in args.image_file.split(args.sep) if f]
-    images = process_images([load_image(f) for f in files], image_processor, model.config)
+    pad = background_color_for(image_processor)
+    images = process_images([load_image(f, pad) for f in files], image_processor, model.config)
     conv = new_conversation(args.conv_mode or default_conv_mode(tokenizer))
     query = with_image_tokens(args.query, len(files), getattr(model.config, "mm_use_im_start_end", False))
     conv.append_message(conv.roles[0], query)

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from llava.mm_utils import load_image, process_images
+from llava.mm_utils import background_color_for, load_image, process_images
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 POOLINGS = ("mean", "tokens")
@@ -65,7 +65,8 @@ def extract_features(model: Any, processor: Any, paths: list[Path], poolings: tu
     chunks: dict[str, list[torch.Tensor]] = {f"{r}/{p}": [] for r in REPRESENTATIONS for p in poolings}
     dtype = next(model.parameters()).dtype
     for b in range(0, len(paths), batch_size):
-        pixels = process_images([load_image(p) for p in paths[b:b + batch_size]], processor, model.config)
+        pad = background_color_for(processor)
+        pixels = process_images([load_image(p, pad) for p in paths[b:b + batch_size]], processor, model.config)
         pixels = pixels.to(device=model.device, dtype=dtype)
         reps = {"pre": tower(pixels), "post": model.encode_images(pixels)}
         for r, tokens in reps.items():

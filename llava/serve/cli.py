@@ -11,7 +11,7 @@ import argparse
 
 from transformers import TextStreamer
 
-from llava.mm_utils import load_image, process_images
+from llava.mm_utils import background_color_for, load_image, process_images
 from llava.model.builder import load_pretrained_model
 from llava.serve.inference import default_conv_mode, generate_reply, new_conversation, with_image_tokens
 from llava.serve.permutation import add_permutation_args, enable_permutation, parse_checked
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.permute_image_tokens:
         enable_permutation(model, args.permute_seed)
     conv = new_conversation(args.conv_mode or default_conv_mode(tokenizer))
-    image = load_image(args.image_file)
+    image = load_image(args.image_file, background_color_for(image_processor))
     images = process_images([image], image_processor, model.config)
     first = True
     while True:

@@ -21,6 +21,7 @@ from typing import Any
 import transformers
 
 from llava.constants import DEFAULT_SELECT_LAYER, VALID_SELECT_FEATURES
+from llava.data.launch_check import DEFAULT_MAX_IMAGE_PIXELS
 from llava.data.packing import DEFAULT_PACKING_BUFFER
 from llava.model.addons.base import Geometry
 from llava.model.addons.registry import AddonRegistry
@@ -90,8 +91,15 @@ class DataArguments:
         "help": "Images of --eval_data_path (default: --image_folder)."})
     skip_bad_samples: bool = field(
         default=False,
-        metadata={"help": "Skip (and count) unreadable/invalid samples instead of raising."},
+        metadata={"help": "Skip unreadable/invalid samples (found at launch where possible) instead of stopping; "
+                  "each is listed in <output_dir>/skipped_samples.json (index, id, category, path)."},
     )
+    max_image_pixels: int = field(default=DEFAULT_MAX_IMAGE_PIXELS, metadata={
+        "help": "Largest image (width x height, read from its header at launch) a sample may have; larger ones are "
+                "image_too_large (a decompression bomb). Default: PIL's limit. 0 turns the check off."})
+    allow_data_change: bool = field(default=False, metadata={
+        "help": "Resume even when --data_path differs from the file the checkpoint was trained on (its SHA-256 "
+                "is stored in each checkpoint); the sampler's indices then point at other samples."})
     allow_absolute_image_paths: bool = field(
         default=False,
         metadata={"help": "Accept 'image' paths that are absolute or climb out of --image_folder with '..' "

@@ -12,7 +12,6 @@ projector-only (``mm_projector.bin``), LoRA (adapter + ``non_lora_trainables.bin
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -268,7 +267,7 @@ def build_parser(argv: list[str]) -> transformers.HfArgumentParser:
 
 def train(attn_implementation: str | None = None) -> None:
     """Parse the command line and run one training stage (pretrain, finetune, LoRA ...)."""
-    from llava.train.usage import parse_and_check
+    from llava.train.usage import check_images_at_launch, parse_and_check
 
     argv = sys.argv[1:]
     model_args, data_args, training_args, records, eval_records = parse_and_check(build_parser, argv, validate_args)
@@ -277,21 +276,61 @@ def train(attn_implementation: str | None = None) -> None:
     if data_args.packing:
         attn_implementation = packed_attention_choice(attn_implementation)
     init_distributed(training_args)
+    launch_problems = check_images_at_launch(records, eval_records, data_args)
     lock = take_output_lock(training_args.output_dir)
     try:
-        run_stage(model_args, data_args, training_args, records, eval_records, attn_implementation)
+        run_stage(model_args, data_args, training_args, records, eval_records, attn_implementation, launch_problems)
     finally:
         release_lock(lock)
     _shutdown_distributed()
 
 
 def run_stage(model_args: Any, data_args: DataArguments, training_args: TrainingArguments, records: Any,
-              eval_records: Any, attn_implementation: str | None) -> None:
-    """One stage on parsed arguments, holding the output folder's lock: resume check, model, data, train, save."""
+              eval_records: Any, attn_implementation: str | None, launch_problems: tuple = ([], [])) -> None:
+    """One stage on parsed arguments, holding the output folder's lock: resume check, model, data, train, save.
+
+    ``launch_problems``: the (train, eval) samples the launch check found bad (``--skip_bad_samples``)."""
+    from llava.train.data_fingerprint import check_same_data, fingerprint
+    from llava.train.skips import report_skips, restore_skipped
+
     resume = find_resume_checkpoint(training_args.output_dir)
     check_resume_checkpoint(resume, training_args.trust_checkpoint)
+    check_same_data(resume, data_args)
     transformers.set_seed(training_args.seed)  # before any module is built: the projector's init is seeded
 
+    model = prepare_model(model_args, training_args, attn_implementation)
+    tokenizer = load_tokenizer(model_args, training_args, model)
+    data_args.conv_version = model_args.version
+    if model_args.vision_tower is not None:
+        setup_vision(model, tokenizer, model_args, data_args, training_args)
+
+    from llava.train.trainer import LLaVATrainer
+
+    data_module = build_data_module(model, tokenizer, data_args, training_args, records, eval_records,
+                                    launch_problems)
+    trainer = LLaVATrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
+    if training_args.should_save:
+        trainer.data_fingerprint = fingerprint(data_args.data_path)
+    from llava.train.progress import ProgressCallback
+
+    label = training_args.progress_label or os.path.basename(os.path.normpath(training_args.output_dir))
+    trainer.add_callback(ProgressCallback(label))
+
+    if resume is not None:
+        logger.info("resuming from %s", resume)
+        restore_skipped(data_module.get("train_dataset"), resume)
+    fit(trainer, data_module["train_dataset"], resume)
+    final_evaluation(trainer)
+    trainer.save_state()
+
+    model.config.use_cache = True
+    trainer.save_model(training_args.output_dir)
+    report_skips(data_module.get("train_dataset"), training_args)
+    report_skips(data_module.get("eval_dataset"), training_args, "validation set: ")
+
+
+def prepare_model(model_args: Any, training_args: TrainingArguments, attn_implementation: str | None) -> Any:
+    """The model to train: loaded, backbone frozen or k-bit prepared as asked, LoRA applied."""
     model = load_model(model_args, training_args, attn_implementation)
     model.config.use_cache = False
     if model_args.freeze_backbone:
@@ -306,20 +345,21 @@ def run_stage(model_args: Any, data_args: DataArguments, training_args: Training
         model.enable_input_require_grads()
     if training_args.lora_enable:
         model = apply_lora(model, training_args)
+    return model
 
-    tokenizer = load_tokenizer(model_args, training_args, model)
-    data_args.conv_version = model_args.version
-    if model_args.vision_tower is not None:
-        setup_vision(model, tokenizer, model_args, data_args, training_args)
 
-    from llava.data.supervised import make_supervised_data_module
-    from llava.train.trainer import LLaVATrainer
+def build_data_module(model: Any, tokenizer: Any, data_args: DataArguments, training_args: TrainingArguments,
+                      records: Any, eval_records: Any, launch_problems: tuple) -> dict[str, Any]:
+    """The Trainer's datasets and collator: launch-check skips marked, the validation set prechecked, packed
+    when ``--packing``."""
+    from llava.data.supervised import check_eval_set, make_supervised_data_module
 
     data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args, records=records,
                                               eval_records=eval_records)
+    for key, problems in zip(("train_dataset", "eval_dataset"), launch_problems):
+        for problem in problems:
+            data_module[key].mark_bad(problem.index, problem.category)
     if data_module["eval_dataset"] is not None:
-        from llava.data.supervised import check_eval_set
-
         check_eval_set(data_module["eval_dataset"])
     if data_args.packing:
         from llava.data.packing import packed_data_module
@@ -327,29 +367,24 @@ def run_stage(model_args: Any, data_args: DataArguments, training_args: Training
 
         data_module = packed_data_module(data_module, data_args, training_args,
                                          one_row=runs_per_sample(model.config._attn_implementation))
-    trainer = LLaVATrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
-    from llava.train.progress import ProgressCallback
+    return data_module
 
-    label = training_args.progress_label or os.path.basename(os.path.normpath(training_args.output_dir))
-    trainer.add_callback(ProgressCallback(label))
 
-    if resume is not None:
-        logger.info("resuming from %s", resume)
-        restore_skipped(data_module.get("train_dataset"), resume)
+def fit(trainer: Any, dataset: Any, resume: str | None) -> None:
+    """``trainer.train``; a full disk or a sample that went bad after the launch check (a file truncated since)
+    is one line and exit 2, not a traceback from a DataLoader worker."""
     from llava.train.disk_full import DiskFullError
-    from llava.train.usage import fail
+    from llava.utils.user_errors import fail
 
     try:
         trainer.train(resume_from_checkpoint=resume)
     except DiskFullError as err:
         fail(str(err))
-    final_evaluation(trainer)
-    trainer.save_state()
-
-    model.config.use_cache = True
-    trainer.save_model(training_args.output_dir)
-    _report_skips(data_module.get("train_dataset"), training_args)
-    _report_skips(data_module.get("eval_dataset"), training_args, "validation set: ")
+    except Exception:
+        bad = dataset.fetch_failure() if hasattr(dataset, "fetch_failure") else None
+        if bad is None:
+            raise
+        fail(str(bad), here=True)
 
 
 def final_evaluation(trainer: Any) -> None:
@@ -376,16 +411,6 @@ def packed_attention_choice(attn_implementation: str | None) -> str:
         attn = PACKED_SDPA
         logger.info("packing: attention is sdpa once per sample (%s); no L x L mask", PACKED_SDPA)
     return attn
-
-
-def restore_skipped(dataset: Any, checkpoint: str) -> None:
-    """Load the checkpoint's record of skipped samples into ``dataset`` (exact counts after a resume)."""
-    from llava.train.trainer import SKIPPED_FILE
-
-    path = os.path.join(checkpoint, SKIPPED_FILE)
-    if hasattr(dataset, "restore_status") and os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            dataset.restore_status(json.load(f))
 
 
 def check_resume_checkpoint(resume: str | None, trust: bool) -> None:
@@ -452,19 +477,6 @@ def hard_exit_after_cpu_deepspeed(code: int = 0) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def _report_skips(dataset: Any, training_args: TrainingArguments, prefix: str = "") -> None:
-    """The skip report over every rank (and every resumed run), printed once."""
-    report_fn = getattr(dataset, "skip_report", None)
-    if report_fn is None:
-        return
-    dataset.sync_across_ranks()  # collective: before the rank check
-    if not training_args.should_log:
-        return
-    report = report_fn()
-    if report:
-        print(prefix + report, flush=True)
 
 
 if __name__ == "__main__":

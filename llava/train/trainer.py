@@ -34,6 +34,8 @@ from transformers.trainer import TRAINING_ARGS_NAME
 
 from llava.model.checkpoints import MM_PROJECTOR_FILE, NON_LORA_FILE, projector_tensors
 from llava.train.aux_loss_logging import AuxLossLoggingMixin
+from llava.train.data_fingerprint import write_fingerprint
+from llava.train.skips import SKIPPED_FILE
 from llava.train.throughput import ThroughputMixin
 from llava.train.validation import ValidationMixin
 from llava.utils.atomic import atomic_path, atomic_torch_save, atomic_write_json
@@ -42,7 +44,6 @@ from llava.utils.zero import gather_named, get_peft_state_non_lora_maybe_zero_3
 
 logger = logging.getLogger(__name__)
 GROUP_KEY = "llava_group"  # optimizer param-group tag: its learning rate is logged as learning_rate_<tag>
-SKIPPED_FILE = "skipped_samples.json"  # per checkpoint: {sample index: category} of the samples skipped so far
 
 
 class AppliedGroupRates(TrainerCallback):
@@ -118,6 +119,8 @@ def build_param_groups(
 
 class LLaVATrainer(ValidationMixin, ThroughputMixin, AuxLossLoggingMixin, Trainer):
     """Trainer with LLaVA's modality-grouped sampler, projector lr and projector/LoRA checkpoints."""
+
+    data_fingerprint: dict[str, Any] | None = None  # train() sets it: saved in every checkpoint (data_fingerprint)
 
     # ---- data ----
 
@@ -288,6 +291,7 @@ class LLaVATrainer(ValidationMixin, ThroughputMixin, AuxLossLoggingMixin, Traine
             try:
                 if hasattr(dataset, "status_record"):
                     atomic_write_json(os.path.join(folder, SKIPPED_FILE), dataset.status_record())
+                write_fingerprint(folder, self.data_fingerprint)
                 mark_converter_scripts(folder)
                 write_manifest(folder, step=step)
             except OSError as err:

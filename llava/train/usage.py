@@ -38,3 +38,39 @@ def parse_and_check(build_parser: Any, argv: list[str],
         if eval_records is not None:
             check_structure(eval_records, eval_path)
     return model_args, data_args, training_args, records, eval_records
+
+
+def on_rank_zero(compute: Any) -> Any:
+    """``compute()`` run on rank 0 only and its result sent to every rank (just run it without a process group)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return compute()
+    box = [compute() if dist.get_rank() == 0 else None]
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    dist.broadcast_object_list(box, src=0, device=device)
+    return box[0]
+
+
+def check_images_at_launch(records: Any, eval_records: Any, data_args: Any) -> tuple[list[Any], list[Any]]:
+    """``(train, eval)`` problems of :func:`llava.data.launch_check.check_images` (read on rank 0, sent to all),
+    before any weights load. Without ``--skip_bad_samples`` a problem stops the launch: one line per category
+    with the first sample ids, exit 2; with it, the caller marks the samples skipped."""
+    from llava.data.launch_check import check_images, problems_summary
+
+    max_pixels = data_args.max_image_pixels or None
+    eval_folder = getattr(data_args, "eval_image_folder", None) or data_args.image_folder
+    sets = ((records, data_args.image_folder, data_args.data_path),
+            (eval_records, eval_folder, getattr(data_args, "eval_data_path", None)))
+
+    def compute() -> list[list[Any]]:
+        return [check_images(recs, folder, max_pixels, data_args.allow_absolute_image_paths)
+                if recs is not None and folder is not None else [] for recs, folder, _ in sets]
+
+    found = on_rank_zero(compute)
+    if not data_args.skip_bad_samples:
+        for problems, (_, _, path) in zip(found, sets):
+            if problems:
+                fail(problems_summary(problems, path), lines=True)
+    return found[0], found[1]

@@ -22,12 +22,11 @@ def find_image_files(root: str | os.PathLike, extensions: Iterable[str] = IMAGE_
 
 
 def image_inside_folder(image: str, folder: str | os.PathLike) -> bool:
-    """Whether the data file's ``image`` path stays inside ``folder``: relative, and no ``..`` climbing out.
-
-    Lexical (symlinks inside the folder are followed as usual: datasets are often linked in).
-    """
+    """Whether the data file's ``image`` path stays inside ``folder``: relative, no ``..`` climbing out, and
+    no symlink inside the folder leading out of it (both sides resolved with ``realpath``; a folder that is
+    itself a link, e.g. ``images -> /mnt/coco``, is fine). ``.`` and other relative folders work."""
     if os.path.isabs(image) or os.path.splitdrive(image)[0]:
         return False
-    root = os.path.normpath(os.fspath(folder))
-    joined = os.path.normpath(os.path.join(root, image))
+    root = os.path.realpath(os.fspath(folder))
+    joined = os.path.realpath(os.path.join(root, image))
     return joined == root or joined.startswith(root.rstrip(os.sep) + os.sep)

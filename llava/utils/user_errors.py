@@ -20,10 +20,15 @@ def is_rank_zero() -> bool:
     return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) in ("0", "-1")
 
 
-def fail(message: str) -> NoReturn:
-    """Print ``error: message`` (one line) on rank 0 and exit 2 on every rank."""
-    if is_rank_zero():
-        print("error: " + " ".join(message.split()), file=sys.stderr, flush=True)
+def fail(message: str, *, here: bool = False, lines: bool = False) -> NoReturn:
+    """Print ``error: message`` (one line, whitespace collapsed) on rank 0 and exit 2 on every rank.
+
+    ``lines``: each line of ``message`` stays its own line (a launch check's one line per category).
+    ``here``: print on this rank whatever its rank (an error only this rank met, e.g. a sample that became
+    unreadable after launch)."""
+    if here or is_rank_zero():
+        parts = message.splitlines() if lines else [message]
+        print("error: " + "\n  ".join(" ".join(p.split()) for p in parts if p.strip()), file=sys.stderr, flush=True)
     raise SystemExit(2)
 
 

@@ -1,0 +1,109 @@
+"""Launch-time image checks: every sample's image is checked before any weights load, not at its first fetch.
+
+For each sample with an ``image`` (structurally bad samples are the structure check's business): the path stays
+inside ``--image_folder`` (``realpath`` on both sides, so a symlink leading out counts; refused unless
+``--allow_absolute_image_paths``), the file exists, its header opens as an image (``unreadable_image``) and it has
+at most ``--max_image_pixels`` pixels (``image_too_large``: a decompression bomb). Headers are read by a thread
+pool (file I/O and PIL's header parsing; nothing is decoded) with a progress line.
+
+:func:`problems_summary` is the launch's error without ``--skip_bad_samples``: one line per category with its
+count and the first few sample ids. With it, the dataset marks the samples skipped from the start.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from llava.utils.image_files import image_inside_folder
+from llava.utils.progress_line import ProgressLine
+
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # PIL's decompression-bomb warning limit (Image.MAX_IMAGE_PIXELS)
+CHUNK = 256  # images per thread-pool task
+FIRST_IDS = 3  # sample ids named per category in the launch error
+
+
+@dataclass(frozen=True)
+class LaunchProblem:
+    """A sample the launch check found bad: its index, id, category, what is wrong, and the image path."""
+
+    index: int
+    sample_id: str
+    category: str
+    detail: str
+    path: str
+
+
+def image_problem(image: str, folder: str, max_pixels: int | None,
+                  allow_absolute: bool = False) -> tuple[str, str] | None:
+    """``(category, detail)`` of what is wrong with the sample image ``image`` under ``folder``, or None."""
+    path = os.path.join(folder, image)
+    if not allow_absolute and not image_inside_folder(image, folder):
+        return ("image_outside_folder", f"'image': {image!r} resolves outside --image_folder {folder!r} "
+                f"({os.path.realpath(path)}); make it relative to the folder, or pass --allow_absolute_image_paths "
+                "True to accept such paths")
+    if not os.path.isfile(path):
+        return "missing_image", f"image file not found: {path} (image_folder={folder!r})"
+    try:
+        with Image.open(path) as probe:
+            width, height = probe.size
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+        return "unreadable_image", f"cannot read image {path}: {type(err).__name__}: {err}"
+    if max_pixels is not None and width * height > max_pixels:
+        return ("image_too_large", f"image {path} is {width}x{height} = {width * height} pixels, over "
+                f"--max_image_pixels={max_pixels} (a decompression bomb?); shrink it or raise the limit")
+    return None
+
+
+def _sample_id(sample: dict[str, Any], index: int) -> str:
+    return str(sample.get("id", f"#{index}"))
+
+
+def _check_chunk(records: Sequence[Any], indices: list[int], folder: str, max_pixels: int | None,
+                 allow_absolute: bool) -> list[LaunchProblem]:
+    found = []
+    for i in indices:
+        image = records[i]["image"]
+        problem = image_problem(image, folder, max_pixels, allow_absolute)
+        if problem is not None:
+            found.append(LaunchProblem(i, _sample_id(records[i], i), *problem, os.path.join(folder, image)))
+    return found
+
+
+def image_indices(records: Sequence[Any]) -> list[int]:
+    """Indices of the samples with one image path to check."""
+    return [i for i, s in enumerate(records) if isinstance(s, dict) and isinstance(s.get("image"), str) and s["image"]]
+
+
+def check_images(records: Sequence[Any], folder: str, max_pixels: int | None, allow_absolute: bool = False,
+                 workers: int = 8, report_every_s: float = 10.0) -> list[LaunchProblem]:
+    """Every image problem in ``records`` (by index), read by ``workers`` threads with a progress line."""
+    todo = image_indices(records)
+    chunks = [todo[k:k + CHUNK] for k in range(0, len(todo), CHUNK)]
+    progress = ProgressLine("[launch] checking images", len(todo), report_every_s, unit="images")
+    found: list[LaunchProblem] = []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for chunk, part in zip(chunks, pool.map(
+                lambda c: _check_chunk(records, c, folder, max_pixels, allow_absolute), chunks)):
+            found.extend(part)
+            progress.add(len(chunk))
+    return sorted(found, key=lambda p: p.index)
+
+
+def problems_summary(problems: Sequence[LaunchProblem], data_path: str) -> str:
+    """The launch error: per category, its count, the first ids (with index) and the first detail; one line each."""
+    by_category: dict[str, list[LaunchProblem]] = {}
+    for p in problems:
+        by_category.setdefault(p.category, []).append(p)
+    lines = [f"{len(problems)} sample(s) in {data_path} have a bad image; fix them (python -m llava.data.doctor "
+             "lists them all) or pass --skip_bad_samples True to skip and list them in skipped_samples.json"]
+    for category, items in by_category.items():
+        ids = ", ".join(f"{p.sample_id!r} (index {p.index})" for p in items[:FIRST_IDS])
+        more = f" and {len(items) - FIRST_IDS} more" if len(items) > FIRST_IDS else ""
+        lines.append(f"{category}: {len(items)} sample(s): {ids}{more}; first: {items[0].detail}")
+    return "\n".join(lines)
