@@ -348,8 +348,37 @@ def announce_deepspeed_build() -> None:
               "1 minute, once per machine", flush=True)
 
 
+def run_variant(v: Variant, out: Path, size: DemoSize, data: dict[str, str], clip: str, llm: str, threads: int,
+                seed: int, reuse: bool) -> dict[str, Any]:
+    """Train and evaluate one variant (or reuse its finished run); its table row (``error`` when it failed)."""
+    run_dir = out / "runs" / v.name
+    row: dict[str, Any] = {"name": v.name, "description": v.description, "flags": v.flags}
+    saved = run_dir / "row.json"
+    if reuse and saved.exists():
+        row = {**json.loads(saved.read_text()), "reused": True}
+        print(f"[demo] {v.name}: reusing the finished run in {run_dir} ({row.get('total_s', 0):.0f}s when it ran)",
+              flush=True)
+        return row
+    print(f"[demo] {v.name}: training ({v.description}); logs in {run_dir}", flush=True)
+    started = time.monotonic()
+    try:
+        row["train_s"] = train_variant(v, size, data, clip, llm, run_dir, threads, seed)
+        model_dir = run_dir / "finetune"
+        row["tokens"] = tokens_per_image(model_dir, size)
+        print(f"[demo] {v.name}: trained in {row['train_s']:.0f}s; evaluating", flush=True)
+        metrics = evaluate_variant(model_dir, data, run_dir, size, threads, llm)
+        for key in ("accuracy", "permuted_accuracy", "norm_ratio", "hits", "permuted_hits"):
+            row[key] = metrics[key]
+        row["total_s"] = time.monotonic() - started
+        saved.write_text(json.dumps(row, indent=1) + "\n")
+    except (RuntimeError, OSError, ValueError) as e:
+        row["error"] = str(e)
+        print(f"[demo] {v.name} FAILED: {e}", file=sys.stderr, flush=True)
+    return row
+
+
 def run(output_dir: Path, size: DemoSize, names: list[str] | None, threads: int, seed: int,
-        reuse: bool = False, llm_dir: Path | None = None) -> int:
+        reuse: bool = False, llm_dir: Path | None = None, jobs: int = 1) -> int:
     """The whole demo; returns the exit status (1 when a variant failed)."""
     from llava.data.spatial import generate
 
@@ -376,33 +405,16 @@ def run(output_dir: Path, size: DemoSize, names: list[str] | None, threads: int,
 
     baseline = majority_hits(load_annotations(data["test_answers"]))
     announce_deepspeed_build()
-    rows = []
-    for v in variants:
-        run_dir = out / "runs" / v.name
-        row: dict[str, Any] = {"name": v.name, "description": v.description, "flags": v.flags}
-        saved = run_dir / "row.json"
-        if reuse and saved.exists():
-            row = {**json.loads(saved.read_text()), "reused": True}
-            print(f"[demo] {v.name}: reusing the finished run in {run_dir} ({row.get('total_s', 0):.0f}s when it ran)",
-                  flush=True)
-            rows.append(row)
-            continue
-        print(f"[demo] {v.name}: training ({v.description}); logs in {run_dir}", flush=True)
-        started = time.monotonic()
-        try:
-            row["train_s"] = train_variant(v, size, data, clip, llm, run_dir, threads, seed)
-            model_dir = run_dir / "finetune"
-            row["tokens"] = tokens_per_image(model_dir, size)
-            print(f"[demo] {v.name}: trained in {row['train_s']:.0f}s; evaluating", flush=True)
-            metrics = evaluate_variant(model_dir, data, run_dir, size, threads, llm)
-            for key in ("accuracy", "permuted_accuracy", "norm_ratio", "hits", "permuted_hits"):
-                row[key] = metrics[key]
-            row["total_s"] = time.monotonic() - started
-            saved.write_text(json.dumps(row, indent=1) + "\n")
-        except (RuntimeError, OSError, ValueError) as e:
-            row["error"] = str(e)
-            print(f"[demo] {v.name} FAILED: {e}", file=sys.stderr, flush=True)
-        rows.append(row)
+    def one(v: Variant) -> dict[str, Any]:
+        return run_variant(v, out, size, data, clip, llm, threads, seed, reuse)
+
+    if jobs > 1:  # variants side by side (each with --threads): their subprocesses do the work
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            rows = list(pool.map(one, variants))
+    else:
+        rows = [one(v) for v in variants]
     this_run = time.monotonic() - start
     reused = sum(float(r.get("total_s") or 0.0) for r in rows if r.get("reused"))
     from demo_report import write_report
@@ -427,7 +439,10 @@ def main(argv: list[str] | None = None) -> int:
                    "that has not trained long enough to learn (its table says so)")
     p.add_argument("--variants", default=None, help="comma-separated subset of vanilla,multinorm,multinorm_ref,"
                    "compression,rope2d (multinorm_ref: tiny LLM only)")
-    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="threads per training / eval "
+                   "process")
+    p.add_argument("--jobs", type=int, default=1, help="variants trained side by side (each with --threads); "
+                   "e.g. --jobs 2 --threads 1 on 2 cores. Results do not depend on it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reuse", action="store_true", help="keep variants that already finished in --output_dir "
                    "(same size and seed) and run only the others")
@@ -436,8 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     out = a.output_dir or ("demo_output_smollm2" if a.llm == "smollm2" else "demo_output")
     if a.llm_dir is not None and a.llm != "smollm2":
         p.error("--llm_dir needs --llm smollm2")
+    if a.jobs < 1 or a.threads < 1:
+        p.error("--jobs and --threads must be at least 1")
     return run(Path(out), SIZES[(a.llm, a.quick)], names, a.threads, a.seed, a.reuse,
-               a.llm_dir.resolve() if a.llm_dir else None)
+               a.llm_dir.resolve() if a.llm_dir else None, a.jobs)
 
 
 if __name__ == "__main__":

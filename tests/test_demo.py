@@ -24,8 +24,10 @@ CATEGORIES = ("colour", "absolute_position", "relative_position", "counting")
 def test_quick_demo(tmp_path):
     out = tmp_path / "demo"
     env = dict(os.environ, LLAVA_SKIP_INSTALL="1", OMP_NUM_THREADS="1")
+    # two variants side by side, one thread each: both cores busy (the table does not depend on it)
     res = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh"), "--quick", "--output_dir", str(out),
-                          "--threads", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+                          "--threads", "1", "--jobs", "2"], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=900)
     assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
     md = (out / "ablation.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| ")]
@@ -49,8 +51,8 @@ def test_quick_demo(tmp_path):
     again = tmp_path / "again"
     rerun = ("vanilla", "multinorm")
     res2 = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh"), "--quick", "--output_dir", str(again),
-                           "--threads", "1", "--variants", ",".join(rerun)], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=900)
+                           "--threads", "1", "--jobs", "2", "--variants", ",".join(rerun)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
     assert res2.returncode == 0, (res2.stdout[-3000:], res2.stderr[-3000:])
     first, second = (table_rows(without_timing(d / "ablation.md", d)) for d in (out, again))
     assert list(second) == [*rerun, "majority baseline"]

@@ -129,8 +129,8 @@ def test_validation_flag_errors_are_one_line(extra, expected, tiny_llama, tiny_c
 @pytest.mark.parametrize("bad", ["no_answer", "missing_image", "too_long"])
 def test_bad_sample_in_the_eval_file_is_refused_at_launch(bad, tiny_llama, tiny_clip, tmp_path, monkeypatch,
                                                           capsys):
-    """A structural problem stops the launch before any weights load (the training file's check); a missing
-    image or a sample longer than --model_max_length once the dataset exists (before the first step)."""
+    """A structural problem or a missing image stops the launch before any weights load (the training file's
+    checks); a sample longer than --model_max_length once the dataset exists (before the first step)."""
     from llava.train.train import train
 
     data = write_shapes_dataset(tmp_path / "data", n=2, text_only=0)
@@ -153,8 +153,14 @@ def test_bad_sample_in_the_eval_file_is_refused_at_launch(bad, tiny_llama, tiny_
     assert err.value.code == 2
     lines = capsys.readouterr().err.splitlines()
     errors = [ln for ln in lines if "error" in ln.lower()]
-    assert len(errors) == 1 and str(path) in errors[0] and "'broken'" in errors[0], errors
-    assert "--skip_bad_samples" in errors[0]
+    assert len(errors) == 1 and str(path) in errors[0] and "--skip_bad_samples" in errors[0], errors
+    if bad == "missing_image":  # the launch image check: before any weights load, one line per category
+        assert lines == [f"error: 1 sample(s) in {path} have a bad image; fix them (python -m llava.data.doctor "
+                         "lists them all) or pass --skip_bad_samples True to skip and list them in "
+                         "skipped_samples.json", lines[1]] and lines[1].startswith(
+            "  missing_image: 1 sample(s): 'broken' (index 0); first: image file not found:"), lines
+        return
+    assert "'broken'" in errors[0], errors
     if bad == "no_answer":
         assert lines == errors and "no 'gpt' answer" in errors[0]  # nothing else printed: no weights loaded
     else:
