@@ -5,7 +5,8 @@ stage 2 through ``finetune.sh`` under ZeRO-3 (full finetune with ``--group_by_mo
 script family once, to keep the suite's time down (a stage's two scripts share the trainer and the
 packing path; the multiNorm flags are also covered by test_multinorm_e2e). A run killed after a mid-epoch
 checkpoint and rerun (it resumes) ends with the same weights, bit for bit, as an uninterrupted run,
-and the packs after the resume are the same (the length cache is reused).
+and the packs after the resume are the same (the length cache is reused). The killed and resumed runs read the
+data through the memory-mapped store (``DATA_STORE_DIR``), the uninterrupted one through the JSON.
 """
 
 from __future__ import annotations
@@ -37,10 +38,16 @@ def setup(tmp_path_factory, tiny_llama, tiny_clip):
 def _straight_and_resumed(script: str, root: Path, name: str, **env) -> tuple[Path, Path]:
     straight, resumed = root / f"{name}_straight", root / f"{name}_resumed"
     _run(script, root / f"{name}_straight.log", "--packing", "True", OUTPUT_DIR=straight, **env)
-    proc = _start(script, root / f"{name}_killed.log", "--packing", "True", OUTPUT_DIR=resumed, **env)
+    # the killed and resumed run read the memory-mapped data store (--data_store_dir), the straight one the JSON:
+    # equal weights show the resume and the store change nothing (issue 28)
+    store = root / f"{name}_store"
+    proc = _start(script, root / f"{name}_killed.log", "--packing", "True", OUTPUT_DIR=resumed, DATA_STORE_DIR=store,
+                  **env)
     _kill_once_saved(proc, resumed / "checkpoint-2" / "llava_manifest.json", root / f"{name}_killed.log", poll_s=0.1)
-    log = _run(script, root / f"{name}_resumed.log", "--packing", "True", OUTPUT_DIR=resumed, **env)
-    assert "resuming from" in log
+    log = _run(script, root / f"{name}_resumed.log", "--packing", "True", OUTPUT_DIR=resumed, DATA_STORE_DIR=store,
+               **env)
+    assert "resuming from" in log and "--data_store_dir" in log
+    assert len(list(store.glob("*/samples.bin"))) == 1  # converted once, by one rank, reused by the rerun
     assert (resumed / "packing_lengths.json").read_bytes() == (straight / "packing_lengths.json").read_bytes()
     steps = [json.loads((out / "trainer_state.json").read_text())["global_step"] for out in (straight, resumed)]
     assert steps[0] == steps[1] > 2, steps  # the kill came mid-run

@@ -190,7 +190,8 @@ def test_pretrain_killed_writing_the_manifest_resumes_bit_identical(workdir, bas
     """The DeepSpeed case of the kill-in-every-phase test (tests/test_save_kill.py has every phase in-process):
     pretrain.sh on 2 ranks, ``SAVE_TOTAL_LIMIT=1``, SIGKILLed with checkpoint-8's manifest half-written. The
     previous checkpoint survives (rotation waits for the manifest); the rerun resumes from it and ends with
-    the uninterrupted run's projector, byte for byte."""
+    the uninterrupted run's projector, byte for byte (the killed and resumed runs read the memory-mapped data
+    store, the uninterrupted one the JSON: the store changes nothing)."""
     from llava.train.checkpoint_check import MANIFEST
     from llava.train.save_hook import ENV
 
@@ -198,10 +199,12 @@ def test_pretrain_killed_writing_the_manifest_resumes_bit_identical(workdir, bas
     straight, out = workdir / "ds_straight", workdir / "ds_killed"
     _run("pretrain.sh", workdir / "ds_straight.log", **env, OUTPUT_DIR=straight)
     log = workdir / "ds_killed.log"
-    proc = _start("pretrain.sh", log, **env, OUTPUT_DIR=out, **{ENV: "manifest@8"})
+    store = dict(DATA_STORE_DIR=workdir / "ds_store")  # killed + resumed read the data store: padded, 2 ranks
+    proc = _start("pretrain.sh", log, **env, OUTPUT_DIR=out, **store, **{ENV: "manifest@8"})
     assert proc.wait(timeout=STAGE_TIMEOUT_S) != 0, log.read_text()[-3000:]
     assert (out / "checkpoint-4" / MANIFEST).is_file() and not (out / "checkpoint-8" / MANIFEST).exists()
-    resumed = _run("pretrain.sh", workdir / "ds_resumed.log", **env, OUTPUT_DIR=out)
+    resumed = _run("pretrain.sh", workdir / "ds_resumed.log", **env, OUTPUT_DIR=out, **store)
+    assert "--data_store_dir" in resumed and len(list((workdir / "ds_store").glob("*/samples.bin"))) == 1
     assert f"resuming from {out / 'checkpoint-4'}" in resumed
     assert (out / "mm_projector.bin").read_bytes() == (straight / "mm_projector.bin").read_bytes()
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-8"]

@@ -125,8 +125,10 @@ class LazySupervisedDataset(Dataset):
         self.data_path = data_path
         self.tokenizer = tokenizer
         self.data_args = data_args
+        # a list is copied (the caller's stays its own); another Sequence (a memory-mapped store) is read in place
         self.list_data_dict = (
-            list(list_data_dict) if list_data_dict is not None else load_data_file(data_path)
+            load_data_file(data_path) if list_data_dict is None
+            else list(list_data_dict) if isinstance(list_data_dict, list) else list_data_dict
         )
         self.conv = get_conv_template(getattr(data_args, "conv_version", None) or "vicuna_v1")
         self.image_folder = getattr(data_args, "image_folder", None)
@@ -138,7 +140,8 @@ class LazySupervisedDataset(Dataset):
         self.skip_bad_samples = bool(getattr(data_args, "skip_bad_samples", False))
         self.allow_absolute_image_paths = bool(getattr(data_args, "allow_absolute_image_paths", False))
         self.max_image_pixels = getattr(data_args, "max_image_pixels", None) or None
-        n_images = sum(_has_image(s) for s in self.list_data_dict)
+        has_image = getattr(self.list_data_dict, "has_image", None)  # a store's column, else every sample
+        n_images = int(has_image.sum()) if has_image is not None else sum(_has_image(s) for s in self.list_data_dict)
         if n_images and not self.is_multimodal:
             raise ValueError(
                 f"{data_path} has {n_images} samples with an 'image' but the model is text-only "
@@ -171,6 +174,8 @@ class LazySupervisedDataset(Dataset):
     @property
     def lengths(self) -> list[int]:
         """Whitespace word counts per sample, +128 for samples with an image (upstream)."""
+        if self._lengths is None and hasattr(self.list_data_dict, "lengths"):
+            self._lengths = self.list_data_dict.lengths()  # a store's columns: no sample decoded
         if self._lengths is None:
             self._lengths = [
                 _word_count(s) + (IMAGE_LENGTH_BONUS if _has_image(s) else 0) for s in self.list_data_dict
@@ -180,6 +185,8 @@ class LazySupervisedDataset(Dataset):
     @property
     def modality_lengths(self) -> list[int]:
         """Word counts, positive for samples with an image, negative for text-only (never 0)."""
+        if self._modality_lengths is None and hasattr(self.list_data_dict, "modality_lengths"):
+            self._modality_lengths = self.list_data_dict.modality_lengths()
         if self._modality_lengths is None:
             self._modality_lengths = [
                 max(_word_count(s), 1) * (1 if _has_image(s) else -1) for s in self.list_data_dict

@@ -54,7 +54,8 @@ DEFAULT_PACKING_BUFFER = 10000  # samples shuffled and packed together (--packin
 def cache_key(dataset: Any) -> dict[str, Any]:
     """What the token counts depend on: the data file, the tokenizer and the prompt template."""
     tok = dataset.tokenizer
-    return dict(format=CACHE_FORMAT, data_sha256=file_sha256(dataset.data_path), samples=len(dataset),
+    sha = getattr(dataset.list_data_dict, "sha256", None) or file_sha256(dataset.data_path)  # a store knows it
+    return dict(format=CACHE_FORMAT, data_sha256=sha, samples=len(dataset),
                 tokenizer=f"{type(tok).__name__}:{getattr(tok, 'name_or_path', '')}:{len(tok)}",
                 template=hashlib.sha256(repr(dataset.conv).encode()).hexdigest(),
                 mm_use_im_start_end=bool(dataset.mm_use_im_start_end))

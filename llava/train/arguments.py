@@ -97,6 +97,10 @@ class DataArguments:
     max_image_pixels: int = field(default=DEFAULT_MAX_IMAGE_PIXELS, metadata={
         "help": "Largest image (width x height, read from its header at launch) a sample may have; larger ones are "
                 "image_too_large (a decompression bomb). Default: PIL's limit. 0 turns the check off."})
+    data_store_dir: str | None = field(default=None, metadata={
+        "help": "Convert --data_path once (keyed by its SHA-256) into a memory-mapped store in this folder, which "
+                "every rank and DataLoader worker reads instead of parsing the whole JSON (one copy per node, not "
+                "per rank); an edited file gets a new store. Default: off (the JSON is read by every rank)."})
     allow_data_change: bool = field(default=False, metadata={
         "help": "Resume even when --data_path differs from the file the checkpoint was trained on (its SHA-256 "
                 "is stored in each checkpoint); the sampler's indices then point at other samples."})

@@ -28,7 +28,7 @@ def parse_and_check(build_parser: Any, argv: list[str],
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     try:
         validate(model_args, data_args, training_args)
-        records = load_data_file(data_args.data_path)
+        records = read_training_data(data_args)
         eval_path = getattr(data_args, "eval_data_path", None)
         eval_records = load_data_file(eval_path) if eval_path else None
     except ValueError as err:  # DataFileError and UnicodeDecodeError are ValueErrors too
@@ -38,6 +38,16 @@ def parse_and_check(build_parser: Any, argv: list[str],
         if eval_records is not None:
             check_structure(eval_records, eval_path)
     return model_args, data_args, training_args, records, eval_records
+
+
+def read_training_data(data_args: Any) -> Any:
+    """The training samples: a memory-mapped :class:`~llava.data.store.SampleStore` with ``--data_store_dir``
+    (converted once, under a file lock, by whichever rank gets there first), else the parsed JSON list."""
+    if not getattr(data_args, "data_store_dir", None):
+        return load_data_file(data_args.data_path)
+    from llava.data.store import open_store
+
+    return open_store(data_args.data_path, data_args.data_store_dir)
 
 
 def on_rank_zero(compute: Any) -> Any:

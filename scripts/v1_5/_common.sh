@@ -15,6 +15,8 @@
 #                   (default 100) and at the end; EVAL_IMAGE_FOLDER (default IMAGE_FOLDER) its images
 #   PACKING=True    --packing True: samples packed into rows of MODEL_MAX_LENGTH tokens (each attends only
 #                   to itself); BATCH_SIZE then counts rows (packs), not samples
+#   DATA_STORE_DIR  --data_store_dir: DATA_PATH converted once into a memory-mapped store there (one copy
+#                   per node instead of a parsed JSON per rank); default off
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -48,10 +50,13 @@ export PYTHONPATH="${REPO_ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
 # llava_launch FLAG... : run llava/train/train_mem.py under the launcher with the shared flags,
 # then the stage's flags, then whatever the user passed to the stage script (last one wins).
 llava_launch() {
-    local -a launcher_args=() precision_args=() eval_args=(--eval_strategy no)
+    local -a launcher_args=() precision_args=() eval_args=(--eval_strategy no) store_args=()
     if [[ -n "${EVAL_DATA_PATH:-}" ]]; then
         eval_args=(--eval_strategy steps --eval_steps "${EVAL_STEPS:-100}" --eval_data_path "${EVAL_DATA_PATH}"
             --eval_image_folder "${EVAL_IMAGE_FOLDER:-${IMAGE_FOLDER}}")
+    fi
+    if [[ -n "${DATA_STORE_DIR:-}" ]]; then
+        store_args=(--data_store_dir "${DATA_STORE_DIR}")
     fi
     if [[ "${DEVICE}" == "cpu" ]]; then
         export DS_ACCELERATOR=cpu
@@ -88,7 +93,7 @@ llava_launch() {
         --per_device_train_batch_size "${BATCH_SIZE}"
         --per_device_eval_batch_size "${EVAL_BATCH_SIZE}"
         --gradient_accumulation_steps "${GRAD_ACCUM}"
-        "${eval_args[@]}"
+        "${eval_args[@]}" "${store_args[@]}"
         --save_strategy steps
         --save_steps "${SAVE_STEPS}"
         --save_total_limit "${SAVE_TOTAL_LIMIT}"
