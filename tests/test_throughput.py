@@ -1,9 +1,9 @@
 """Throughput logging (issue 17 point 4): token counts, the FLOP formula, and the fields of a real run.
 
 Counts are checked against hand counts on padded (with images, with truncation) and packed batches;
-the FLOP formula against a hand computation; a tiny CPU training run, padded and packed, must write
-the per-step and end-of-run fields to ``trainer_state.json`` with the same totals of real tokens and
-samples (the same data, packed or not).
+the FLOP fields against a hand computation (the formula itself: tests/test_flops.py); a tiny CPU
+training run, padded and packed, must write the per-step and end-of-run fields to
+``trainer_state.json`` with the same totals of real tokens and samples (the same data, packed or not).
 """
 
 from __future__ import annotations
@@ -17,15 +17,16 @@ import torch
 from helpers_data import write_shapes_dataset
 
 from llava.constants import IMAGE_TOKEN_INDEX as IMG
+from llava.train.flops import Dense
 from llava.train.throughput import (
     COUNT_FIELDS,
     ModelShape,
     batch_counts,
+    component_mfu,
     model_shape,
     peak_flops_for,
     resolve_peak_flops,
     throughput_fields,
-    transformer_flops,
 )
 
 
@@ -71,19 +72,21 @@ def test_counts_text_only_batch_and_blank_image() -> None:
     assert _counts(batch)["vision_images"] == 0
 
 
-def test_flop_formula_by_hand() -> None:
-    shape = ModelShape(llm_params=100, llm_trainable=10, layers=2, attn_width=8, tokens_per_image=4,
-                       vision_params=50, vision_trainable=0, vision_layers=1, vision_width=4, vision_seq=5,
-                       projector_params=20, projector_trainable=20, projector_tokens=4)
+def test_flop_fields_by_hand() -> None:
+    shape = ModelShape(llm=Dense(100, 100, 10), layers=2, attn_width=8, tokens_per_image=4, vision=Dense(50),
+                       vision_patch=Dense(6), vision_layers=1, vision_width=4, vision_seq=5, vision_patches=4,
+                       projector=Dense(20, 5, 20), projector_tokens=4)
     # LLM: (2 + 2) x 100 + 2 x 10 per token; attention 12 x 2 layers x 8 x sum(s^2)
     assert shape.llm_flops(11, 43) == 11 * 420 + 12 * 2 * 8 * 43
-    # frozen tower, forward only: 2 x 50 x 10 patch tokens + 4 x 1 x 4 x 2 x 5^2; projector 2 x 20 x 8 + 2 x 20 x 8
-    assert shape.vision_flops(2) == 2 * 50 * 10 + 4 * 4 * 2 * 25 + 2 * (2 * 20 * 8)
-    assert transformer_flops(10, 10, 3, 9, 1, 2, backward=True) == 3 * (4 * 10 + 2 * 10) + 12 * 2 * 9
+    # frozen tower, forward only: 2 x 50 x 10 positions + 2 x 6 x 8 patches + 4 x 1 x 4 x 2 x 5^2;
+    # projector 2 x 20 x 8 forward + 2 x (5 + 20) x 8 backward
+    assert shape.vision_flops(2) == 2 * 50 * 10 + 2 * 6 * 8 + 4 * 4 * 2 * 25 + 2 * 20 * 8 + 2 * 25 * 8
     fields = throughput_fields([11, 16, 4, 3, 43, 2], seconds=2.0, shape=shape, peak_flops=1000.0, devices=2)
     assert fields == dict(tokens_per_second=5.5, samples_per_second=1.5, padding_fraction=round(5 / 16, 6),
                           image_token_share=round(4 / 11, 6), mfu=round(12876 / 4000, 6),
-                          mfu_vision=round(2440 / 4000, 6))
+                          mfu_vision=round(2616 / 4000, 6))
+    parts = component_mfu(shape, [11, 16, 4, 3, 43, 2], seconds=2.0, peak_flops=1000.0, devices=2)
+    assert parts == dict(llm=12876 / 4000, vision=1896 / 4000, projector=720 / 4000)
     assert "mfu" not in throughput_fields([11, 16, 4, 3, 43, 2], 2.0, shape, peak_flops=None)
     assert throughput_fields([0, 0, 0, 0, 0, 0], 2.0) == {}
 
@@ -107,15 +110,16 @@ def test_model_shape_of_tiny_llava(tiny_llama, tiny_clip) -> None:
     model = build_tiny_llava(tiny_llama, tiny_clip)
     model.get_model().mm_projector.requires_grad_(False)
     shape = model_shape(model)
-    named = dict(model.named_parameters())
-    parts = ("model.vision_tower.", "model.mm_projector.", "model.embed_tokens.")
-    llm = sum(p.numel() for n, p in named.items() if not n.startswith(parts))
-    assert named["lm_head.weight"].data_ptr() != named["model.embed_tokens.weight"].data_ptr()  # untied here
-    assert shape.llm_params == llm == shape.llm_trainable
-    assert shape.vision_params == sum(p.numel() for n, p in named.items() if n.startswith(parts[0]))
-    assert shape.vision_trainable == 0 and shape.projector_trainable == 0
-    assert shape.tokens_per_image == 16 and shape.vision_seq == 17 and shape.max_length == 2048
-    assert shape.layers == model.config.num_hidden_layers
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    parts = ("model.vision_tower.", "model.mm_projector.")
+    llm = sum(m.weight.numel() for n, m in linears.items() if not n.startswith(parts))  # lm_head in, lookup out
+    assert "lm_head" in linears and not any("embed_tokens" in n for n in linears)
+    # everything trains but the frozen projector: the LLM's inputs (trainable embeddings) need gradients
+    assert shape.llm == Dense(llm, llm, llm)
+    assert shape.vision.weights == sum(m.weight.numel() for n, m in linears.items() if n.startswith(parts[0]))
+    assert shape.vision.weight_grads == 0 and shape.projector.weight_grads == shape.projector.input_grads == 0
+    assert shape.tokens_per_image == 16 and shape.vision_seq == 17 and shape.vision_patches == 16
+    assert shape.max_length == 2048 and shape.layers == model.config.num_hidden_layers
 
 
 # ---- acceptance: the fields of an ordinary tiny training run ----

@@ -15,18 +15,19 @@ Fields of every logging step (the wall clock since the previous log; the first o
   whereas the Trainer's own ``train_samples_per_second`` counts packs);
 * ``padding_fraction``: 1 - real tokens / processed positions (rows x longest row per micro-batch);
 * ``image_token_share``: image tokens / real tokens (truncation inside an image block is counted);
-* ``mfu``: the LLM's model FLOPs utilization, ``(4 N + 2 N_trainable) x real tokens + 12 layers
-  width sum(s^2)`` over (seconds x peak FLOP/s x processes). ``N``: the LLM's parameters without
-  the input embedding lookup (``lm_head`` counted; LoRA weights counted, they run too), ``2 N``
-  forward, ``2 N`` backward to the activations, ``2 N_trainable`` weight gradients; attention
-  ``4 layers width s`` forward + ``8`` backward per token of a sequence of ``s`` tokens (each
-  sample its own ``s``: a packed segment or an unpadded row). Padding positions are not useful
-  work and do not count; gradient-checkpointing recompute does not count either (MFU, not HFU);
-* ``mfu_vision``: the same for the vision side, which ``mfu`` leaves out: the tower (``2 N_vision``
-  per patch token plus its attention, forward only unless the tower trains) and the projector with
-  its add-on modules (``2 N_projector`` per tower token + ``2 N_trainable`` for its gradients). A
-  text-only training batch still runs one blank image through the tower (so every rank builds the
-  same graph); that image counts here but adds no image tokens.
+* ``mfu``: the LLM's model FLOPs utilization, its training FLOPs over (seconds x peak FLOP/s x
+  processes). FLOPs per component, forward and backward, come from :mod:`llava.train.flops`: 2 per
+  matmul weight and token forward, 2 more for each weight whose input needs a gradient and 2 for each
+  weight that trains (LLM: about ``4 N + 2 N_trainable`` per real token, ``lm_head`` and LoRA
+  included, the embedding lookup not), plus attention ``4 layers width s^2`` forward and twice that
+  backward per sample of ``s`` tokens (a packed segment or an unpadded row). Padding positions are
+  not useful work and do not count; recompute (gradient checkpointing) does not count either (MFU,
+  not HFU);
+* ``mfu_vision``: the same for the vision side, which ``mfu`` leaves out: the tower (forward only
+  unless it trains) and the projector with its add-on modules (weight gradients of what trains, input
+  gradients of the Linears after the first trainable one). A text-only training batch still runs one
+  blank image through the tower (so every rank builds the same graph); that image counts here but
+  adds no image tokens. :func:`component_mfu` splits it into tower and projector.
 
 MFU needs the device's peak dense bf16 FLOP/s: ``--peak_tflops``, else :data:`PEAK_DENSE_FLOPS` by
 the CUDA device name. On a CPU, or an unknown GPU, no MFU is logged (said once at info level)
@@ -40,7 +41,7 @@ At the end of training the Trainer's last log (the one with ``train_runtime``) g
 the main process also prints them as one ``[throughput]`` line. All of it goes through
 ``Trainer.log``: ``trainer_state.json`` (``log_history``) and every ``--report_to`` integration.
 
-The FLOP formulas (:class:`ModelShape`, :func:`transformer_flops`) are shared with
+The FLOP formulas (:class:`ModelShape`, :func:`model_shape`, :func:`component_mfu`) are shared with
 ``scripts/bench/gpu_throughput.py``.
 """
 
@@ -49,13 +50,17 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from llava.constants import IMAGE_TOKEN_INDEX
+from llava.train.flops import ModelShape, component_mfu, model_shape
+
+__all__ = ["COUNT_FIELDS", "ModelShape", "ThroughputMixin", "batch_counts", "component_mfu", "model_shape",
+           "peak_flops_for", "resolve_peak_flops", "summary_line", "throughput_fields"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,122 +102,6 @@ def resolve_peak_flops(device: torch.device, peak_tflops: float | None) -> tuple
     if peak is None:
         return None, f"no MFU: {name!r} is not in the peak FLOP/s table; pass --peak_tflops"
     return peak, name
-
-
-# ---- FLOPs ----
-
-def transformer_flops(params: float, trainable: float, tokens: float, sum_sq_lengths: float, layers: int,
-                      attn_width: int, backward: bool) -> float:
-    """Training FLOPs over ``tokens`` tokens in sequences whose squared lengths add up to ``sum_sq_lengths``.
-
-    Forward: ``2 params`` per token and ``4 layers attn_width s^2`` per sequence of ``s`` tokens
-    (``Q K^T`` and ``A V``). ``backward`` (gradients flow through to the inputs): ``2 params`` per
-    token more and twice the attention. Weight gradients: ``2 trainable`` per token.
-    """
-    dense = 2.0 * params * tokens
-    attention = 4.0 * layers * attn_width * sum_sq_lengths
-    total = dense + attention + 2.0 * trainable * tokens
-    if backward:
-        total += dense + 2.0 * attention
-    return total
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What the FLOP estimate needs of a model (:func:`model_shape`)."""
-
-    llm_params: int
-    llm_trainable: int
-    layers: int
-    attn_width: int
-    tokens_per_image: int = 1
-    """LLM positions per ``<image>`` placeholder (1 without a vision tower)."""
-    max_length: int | None = None
-    vision_params: int = 0
-    vision_trainable: int = 0
-    vision_layers: int = 0
-    vision_width: int = 0
-    vision_seq: int = 0
-    """Positions per image inside the tower (patches + class token)."""
-    projector_params: int = 0
-    projector_trainable: int = 0
-    projector_tokens: int = 0
-    """Tower tokens per image that go through the projector."""
-
-    @property
-    def has_tower(self) -> bool:
-        return self.vision_seq > 0
-
-    def llm_flops(self, real_tokens: float, sum_sq_lengths: float) -> float:
-        """LLM training FLOPs for ``real_tokens`` tokens in samples whose squared lengths sum as given."""
-        return transformer_flops(self.llm_params, self.llm_trainable, real_tokens, sum_sq_lengths, self.layers,
-                                 self.attn_width, backward=True)
-
-    def vision_flops(self, images: float) -> float:
-        """Tower + projector training FLOPs for ``images`` images."""
-        if not self.has_tower:
-            return 0.0
-        tower_trains = self.vision_trainable > 0
-        tower = transformer_flops(self.vision_params, self.vision_trainable, images * self.vision_seq,
-                                  images * self.vision_seq ** 2, self.vision_layers, self.vision_width, tower_trains)
-        projector = transformer_flops(self.projector_params, self.projector_trainable, images * self.projector_tokens,
-                                      0.0, 0, 0, tower_trains)
-        return tower + projector
-
-
-def param_count(param: torch.nn.Parameter) -> int:
-    """Elements of a parameter; its full size under ZeRO-3 (``ds_numel``), where the local one is a shard."""
-    return int(getattr(param, "ds_numel", None) or param.numel())
-
-
-def _by_id(params: Iterable[torch.nn.Parameter]) -> dict[int, torch.nn.Parameter]:
-    return {id(p): p for p in params}
-
-
-def _counts(params: dict[int, torch.nn.Parameter]) -> tuple[int, int]:
-    """(all, trainable) elements."""
-    return (sum(param_count(p) for p in params.values()),
-            sum(param_count(p) for p in params.values() if p.requires_grad))
-
-
-def _llm_geometry(config: Any) -> tuple[int, int]:
-    """(layers, attention width = heads x head dim) of the LLM's config."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads = text.num_attention_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-    return int(text.num_hidden_layers), int(heads * head_dim)
-
-
-def model_shape(model: Any) -> ModelShape:
-    """The :class:`ModelShape` of a (possibly PEFT-wrapped) LLaVA model or plain causal LM."""
-    everything = _by_id(model.parameters())
-    get_model = getattr(model, "get_model", None)
-    base = get_model() if get_model is not None else None
-    tower = base.get_vision_tower() if base is not None and hasattr(base, "get_vision_tower") else None
-    vision = _by_id(tower.parameters()) if tower is not None else {}
-    projector: dict[int, torch.nn.Parameter] = {}
-    if tower is not None and getattr(base, "mm_projector", None) is not None:
-        projector = _by_id(p for m in base.projector_modules() for p in m.parameters())
-    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
-    head_ids = set(_by_id(head.parameters())) if head is not None else set()
-    lookup = set(_by_id(embed.parameters())) - head_ids if embed is not None else set()  # tied: lm_head stays
-    llm = {i: p for i, p in everything.items() if i not in vision and i not in projector and i not in lookup}
-    layers, width = _llm_geometry(model.config)
-    n_llm, n_llm_trainable = _counts(llm)
-    shape = dict(llm_params=n_llm, llm_trainable=n_llm_trainable, layers=layers, attn_width=width,
-                 max_length=getattr(model.config, "tokenizer_model_max_length", None))
-    if tower is not None:
-        from llava.model.llava_arch import image_tokens_per_sample
-
-        n_vis, n_vis_trainable = _counts(vision)
-        n_proj, n_proj_trainable = _counts(projector)
-        shape.update(tokens_per_image=image_tokens_per_sample(model, tower), vision_params=n_vis,
-                     vision_trainable=n_vis_trainable, vision_layers=int(tower.config.num_hidden_layers),
-                     vision_width=int(tower.config.hidden_size),
-                     vision_seq=int(tower.num_patches) + 1,  # CLIP runs a class token with the patches
-                     projector_params=n_proj, projector_trainable=n_proj_trainable,
-                     projector_tokens=int(getattr(tower, "num_tokens", tower.num_patches)))
-    return ModelShape(**shape)
 
 
 # ---- token counting ----

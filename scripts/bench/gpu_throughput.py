@@ -1,27 +1,32 @@
-"""GPU throughput of a LLaVA-1.5-7B-shaped model with random bf16 weights (no downloads).
+"""Training throughput of a LLaVA-1.5-7B-shaped model with random bf16 weights (no downloads), as train() runs it.
 
-Vicuna-7B config + CLIP ViT-L/14-336 config, built locally with random weights. Times
-stage 1 (projector only, batch 32) and stage 2 (LoRA r=128 on every LLM linear, batch 16) training
-steps with gradient checkpointing, for SDPA and (when importable) flash-attention-2; prints
-samples/s, real tokens/s, padding, peak memory and MFU, and appends a row per run to BENCHMARKS.md.
+Vicuna-7B config + CLIP ViT-L/14-336 config, built locally with random weights in train()'s order
+(LLM, input gradients for gradient checkpointing, LoRA when asked, then tower and projector;
+activation checkpointing as the Trainer enables it). Rows, per attention implementation (sdpa, and
+flash-attention-2 when importable on a GPU):
 
-    python scripts/bench/gpu_throughput.py                 # on a GPU machine
-    python scripts/bench/gpu_throughput.py --packing       # stage 2: padded batches vs packed rows
-    python scripts/bench/gpu_throughput.py --tiny --steps 2 --no-append   # CPU smoke test
+* stage 1: projector only, batch 32 (LLaVA-1.5 pretraining);
+* stage 2 full: full fine-tuning (LLM + projector, tower frozen), batch 16 (LLaVA-1.5 fine-tuning);
+* stage 2 lora: LoRA r=128, alpha 256 on every LLM linear (train.py's ``apply_lora``) + projector.
 
-``--packing`` measures stage 2 only, twice on the same synthetic samples (``--steps`` x batch of
-them; 200-1400 text tokens plus one 576-token image, a quarter text-only with 200-1500 tokens):
-padded batches of ``batch`` samples (upstream's collator) and packed rows
-(:func:`llava.data.packing.first_fit_decreasing` into rows of 2048 tokens, ``batch`` rows a step,
-:class:`llava.data.packing.PackedCollator`; under sdpa the packed rows run attention once per sample,
-``llava_packed_sdpa``, as training with ``--packing`` does); it prints useful tokens/s, padding, peak
-memory, step time and the packed/padded ratios.
+Each row trains ``--steps`` steps ``--repeats`` times (default 3, after 2 warmup steps) and prints the
+median [min-max] over the repeats of samples/s, real tokens/s and MFU per component (vision
+tower, projector, LLM: :func:`llava.train.flops.component_mfu`, the FLOPs training logs), with
+padding, step time and peak memory (CUDA: max allocated in the row; CPU: the process's max RSS so far).
 
-FLOPs and MFU come from :mod:`llava.train.throughput` (the numbers training logs): per real LLM
-token ``4 N + 2 N_trainable`` plus ``12 layers width s`` of attention (each sample its own ``s``),
-the vision tower and projector apart (``MFU vision``); gradient-checkpointing recompute is not
-counted. Peak dense bf16 FLOP/s: ``--peak_tflops``, else the table in that module by GPU name (no
-MFU for an unknown device).
+``--packing``: stage 2 (full, then LoRA) on synthetic samples (200-1400 text tokens + one 576-token
+image, a quarter text-only with 200-1500 tokens), padded batches of ``batch`` samples
+(``DataCollatorForSupervisedDataset``) vs packed: first-fit-decreasing packs of <= 2048 tokens,
+``batch`` packs a step, through train()'s path: attention from ``packed_attention_choice`` (sdpa ->
+``llava_packed_sdpa``, once per sample) and ``PackedCollator(one_row=runs_per_sample(attention))``,
+the padding-free path that puts a step's packs end to end in one row.
+
+    python scripts/bench/gpu_throughput.py                  # on a GPU; appends rows to BENCHMARKS.md
+    python scripts/bench/gpu_throughput.py --packing
+    python scripts/bench/gpu_throughput.py --device cpu --quick --packing --peak_tflops 1   # seconds, tiny shapes
+
+``--json PATH`` writes the rows; ``--quick`` never appends. MFU needs the peak dense bf16 FLOP/s:
+``--peak_tflops``, else the table in llava/train/throughput.py by GPU name (none on a CPU).
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
+import json
+import resource
+import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,12 +45,16 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-from transformers import CLIPVisionConfig, CLIPVisionModel
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.data.dataset import DataCollatorForSupervisedDataset
+from llava.data.packing import DEFAULT_PACKING_BUFFER, PackedCollator, first_fit_decreasing, sequence_lengths
 from llava.model import LlavaConfig, LlavaLlamaForCausalLM
-from llava.model.packing import PACKED_SDPA
-from llava.train.throughput import batch_counts, model_shape, resolve_peak_flops, throughput_fields
+from llava.model.packing import runs_per_sample
+from llava.train.flops import COMPONENTS, component_mfu
+from llava.train.throughput import COUNT_FIELDS, batch_counts, model_shape, resolve_peak_flops, throughput_fields
+from llava.train.train import apply_lora, packed_attention_choice
 
 VICUNA_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                  num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5)
@@ -51,40 +64,58 @@ TINY_LLM = dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidd
                 num_key_value_heads=4, max_position_embeddings=2048)
 TINY_CLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, image_size=56,
                  patch_size=14, projection_dim=16)
-CAPACITY = 2048  # tokens per row (tokenizer_model_max_length)
-# synthetic samples for --packing: (shortest, longest) text tokens with an image, the same text-only, row capacity
+CAPACITY = 2048  # tokens per row / pack (tokenizer_model_max_length)
+# synthetic samples for --packing: (shortest, longest) text tokens with an image, the same text-only, pack capacity
 PACKING_FULL = ((200, 1400), (200, 1500), CAPACITY)
-PACKING_TINY = ((20, 200), (20, 240), 256)
+PACKING_QUICK = ((20, 200), (20, 240), 256)
+VISION_ARGS = SimpleNamespace(mm_vision_select_layer=-2, mm_projector_type="mlp2x_gelu",
+                              mm_vision_select_feature="patch", mm_patch_merge_type="flat",
+                              pretrain_mm_mlp_adapter=None)
+LORA_ARGS = SimpleNamespace(lora_r=128, lora_alpha=256, lora_dropout=0.05, lora_bias="none", bits=16, bf16=True)
+STAGES = {"1": ("projector", 32), "2 full": ("full", 16), "2 lora": ("lora", 16)}
+"""Row label: (what trains, batch size) as LLaVA-1.5's scripts (per device)."""
+WARMUP = 2  # untimed steps per row
+METRICS = ("samples_per_second", "tokens_per_second", *(f"mfu_{c}" for c in COMPONENTS), "step_s")
 
 
-def build(tmp: Path, tiny: bool, attn: str, device: torch.device) -> LlavaLlamaForCausalLM:
-    clip_dir = tmp / "clip"
-    if not clip_dir.exists():
-        tower = CLIPVisionModel(CLIPVisionConfig(**(TINY_CLIP if tiny else CLIP_L336)))
-        tower.to(torch.bfloat16).save_pretrained(clip_dir)
-        from transformers import CLIPImageProcessorPil
-
-        size = (TINY_CLIP if tiny else CLIP_L336)["image_size"]
+def clip_dir(tmp: Path, quick: bool) -> Path:
+    """A random CLIP tower + image processor saved under ``tmp`` (once)."""
+    out = tmp / "clip"
+    if not out.exists():
+        cfg = TINY_CLIP if quick else CLIP_L336
+        CLIPVisionModel(CLIPVisionConfig(**cfg)).to(torch.bfloat16).save_pretrained(out)
+        size = cfg["image_size"]
         CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(
-            clip_dir)
+            out)
+    return out
+
+
+def build(tmp: Path, quick: bool, attn: str, device: torch.device, mode: str) -> Any:
+    """The model in train()'s order; ``mode``: ``projector`` (stage 1), ``full`` or ``lora`` (stage 2)."""
+    tower_dir = clip_dir(tmp, quick)
     torch.set_default_dtype(torch.bfloat16)
     try:
         with device:
-            model = LlavaLlamaForCausalLM(LlavaConfig(**(TINY_LLM if tiny else VICUNA_7B), attn_implementation=attn))
-        args = SimpleNamespace(vision_tower=str(clip_dir), mm_vision_select_layer=-2, mm_projector_type="mlp2x_gelu",
-                               mm_vision_select_feature="patch", mm_patch_merge_type="flat",
-                               pretrain_mm_mlp_adapter=None)
-        model.get_model().initialize_vision_modules(args)
+            model = LlavaLlamaForCausalLM(LlavaConfig(**(TINY_LLM if quick else VICUNA_7B), attn_implementation=attn))
+        model.config.use_cache = False
+        model.enable_input_require_grads()  # run_stage, for --gradient_checkpointing (before LoRA and the tower)
+        net = apply_lora(model, LORA_ARGS) if mode == "lora" else model
+        model.get_model().initialize_vision_modules(SimpleNamespace(vision_tower=str(tower_dir), **vars(VISION_ARGS)))
     finally:
         torch.set_default_dtype(torch.float32)
     model.get_vision_tower().to(device=device, dtype=torch.bfloat16)
     model.get_model().mm_projector.to(device=device, dtype=torch.bfloat16)
     model.config.tokenizer_model_max_length = CAPACITY
-    return model
+    if mode == "projector":  # --tune_mm_mlp_adapter True
+        model.requires_grad_(False)
+        model.get_model().mm_projector.requires_grad_(True)
+    net.train()
+    net.activation_checkpointing_enable()  # what Trainer.train() does for --gradient_checkpointing True
+    return net
 
 
-def fixed_batch(model: LlavaLlamaForCausalLM, bsz: int, text_len: int) -> dict[str, torch.Tensor]:
-    """``bsz`` equal-length samples with one image each (stages 1 and 2 without --packing)."""
+def fixed_batch(model: Any, bsz: int, text_len: int) -> dict[str, torch.Tensor]:
+    """``bsz`` equal-length samples with one image each (the rows without --packing)."""
     size = model.get_vision_tower().config.image_size
     ids = torch.randint(3, model.config.vocab_size, (bsz, text_len))
     ids[:, 1] = IMAGE_TOKEN_INDEX
@@ -94,9 +125,9 @@ def fixed_batch(model: LlavaLlamaForCausalLM, bsz: int, text_len: int) -> dict[s
                 images=torch.randn(bsz, 3, size, size, dtype=torch.bfloat16))
 
 
-def synthetic_samples(model: LlavaLlamaForCausalLM, n: int, tiny: bool) -> list[dict[str, torch.Tensor]]:
+def synthetic_samples(model: Any, n: int, quick: bool) -> list[dict[str, torch.Tensor]]:
     """``n`` dataset items (``input_ids``, ``labels``, optional ``image``) of varied lengths, seeded."""
-    (lo, hi), (lo_text, hi_text), _ = (PACKING_TINY if tiny else PACKING_FULL)
+    (lo, hi), (lo_text, hi_text), _ = PACKING_QUICK if quick else PACKING_FULL
     size = model.get_vision_tower().config.image_size
     gen = torch.Generator().manual_seed(0)
     items = []
@@ -115,151 +146,228 @@ def synthetic_samples(model: LlavaLlamaForCausalLM, n: int, tiny: bool) -> list[
     return items
 
 
-def padded_and_packed(items: list[dict[str, torch.Tensor]], rows: int, capacity: int,
-                      tokens_per_image: int) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
-    """The same samples as padded batches of ``rows`` samples and as packed rows, ``rows`` a step."""
-    from llava.data.dataset import DataCollatorForSupervisedDataset
-    from llava.data.packing import PackedCollator, first_fit_decreasing, sequence_lengths
+def padded_batches(items: list[dict[str, torch.Tensor]], bsz: int, capacity: int) -> list[dict[str, torch.Tensor]]:
+    """Batches of ``bsz`` samples, right-padded (train() without --packing)."""
+    collate = DataCollatorForSupervisedDataset(SimpleNamespace(model_max_length=capacity, pad_token_id=0))
+    return [collate(items[i:i + bsz]) for i in range(0, len(items), bsz)]
 
-    padded_collate = DataCollatorForSupervisedDataset(SimpleNamespace(model_max_length=capacity, pad_token_id=0))
-    padded = [padded_collate(items[i:i + rows]) for i in range(0, len(items), rows)]
+
+def packed_batches(items: list[dict[str, torch.Tensor]], bsz: int, capacity: int, tokens_per_image: int,
+                   attn: str) -> tuple[list[dict[str, torch.Tensor]], str]:
+    """Batches of ``bsz`` packs through train()'s collator for ``attn``; and that collator, in words."""
     lengths = sequence_lengths([it["input_ids"].numel() for it in items], [int("image" in it) for it in items],
                                tokens_per_image)
-    packs = first_fit_decreasing(lengths, capacity=capacity, seed=0, buffer_size=len(lengths))
-    packed_collate = PackedCollator(pad_token_id=0)
-    packed = [packed_collate([[items[i] for i in p] for p in packs[j:j + rows]]) for j in range(0, len(packs), rows)]
-    return padded, packed
+    packs = first_fit_decreasing(lengths, capacity=capacity, seed=0, buffer_size=DEFAULT_PACKING_BUFFER)
+    plain = DataCollatorForSupervisedDataset(SimpleNamespace(model_max_length=capacity, pad_token_id=0))
+    collate = PackedCollator(plain.pad_token_id, one_row=runs_per_sample(attn), unpacked=plain)  # as run_stage
+    batches = [collate([[items[i] for i in p] for p in packs[j:j + bsz]]) for j in range(0, len(packs), bsz)]
+    return batches, f"PackedCollator(one_row={collate.one_row})"
 
 
-def trainable_net(model: LlavaLlamaForCausalLM, stage: int) -> Any:
-    """Stage 1: only the projector trains; stage 2: LoRA r=128 on the LLM linears + the projector."""
-    model.train()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.enable_input_require_grads()
-    if stage == 1:
-        model.requires_grad_(False)
-        model.get_model().mm_projector.requires_grad_(True)
-        return model
-    from peft import LoraConfig, get_peft_model
-
-    net = get_peft_model(model, LoraConfig(r=128, lora_alpha=256, lora_dropout=0.05,
-                                           target_modules=r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj"))
-    model.get_model().mm_projector.requires_grad_(True)
-    return net
-
-
-def time_steps(net: Any, batches: list[dict[str, torch.Tensor]], warmup: int, device: torch.device,
-               peak_flops: float | None) -> dict[str, float]:
-    """Train on ``batches`` after ``warmup`` untimed steps on the first; step time, peak memory, logged fields."""
-    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-5)
-    shape = model_shape(net)
-    on_device = [{k: v.to(device) for k, v in b.items()} for b in batches]
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+def peak_memory(device: torch.device) -> tuple[float, str]:
+    """(GiB, what was measured)."""
     if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    counts = torch.zeros(6, dtype=torch.float64)
-    times = []
-    for i, b in enumerate([on_device[0]] * warmup + on_device):
+        return torch.cuda.max_memory_allocated(device) / 2**30, "cuda max allocated"
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**30, "process max RSS"
+
+
+def timed_pass(net: Any, opt: torch.optim.Optimizer, batches: list[dict[str, torch.Tensor]],
+               device: torch.device, shape: Any) -> tuple[float, torch.Tensor]:
+    """One training pass over ``batches``: (seconds, summed COUNT_FIELDS)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    counts = torch.zeros(len(COUNT_FIELDS), dtype=torch.float64)
+    seconds = 0.0
+    for b in batches:
         sync()
         start = time.perf_counter()
-        loss = net(**b).loss
-        loss.backward()
+        net(**b).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         sync()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-            counts += batch_counts(b, shape.tokens_per_image, shape.max_length, blank_image=True).cpu()
-    total = sum(times)
-    fields = throughput_fields(counts.tolist(), total, shape, peak_flops)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return dict(fields, step_s=total / len(times), peak_gib=peak)
+        seconds += time.perf_counter() - start
+        counts += batch_counts(b, shape.tokens_per_image, shape.max_length, blank_image=True).cpu()
+    return seconds, counts
 
 
-def report(gpu: str, attn: str, stage: str, bsz: int, r: dict[str, float]) -> str:
-    mfu = (f"MFU {100 * r['mfu']:.1f}% LLM + {100 * r.get('mfu_vision', 0.0):.1f}% vision" if "mfu" in r
-           else "MFU n/a (--peak_tflops)")
-    return (f"{gpu} | {attn} | stage {stage} | batch {bsz} | {r['samples_per_second']:.2f} samples/s | "
-            f"{r['tokens_per_second']:.0f} real tokens/s | padding {100 * r['padding_fraction']:.1f}% | "
-            f"step {r['step_s']:.3f} s | peak {r['peak_gib']:.1f} GiB | {mfu}")
+def measure(net: Any, batches: list[dict[str, torch.Tensor]], repeats: int, device: torch.device,
+            peak_flops: float | None) -> dict[str, Any]:
+    """:data:`WARMUP` untimed steps, then ``repeats`` timed passes: per-repeat metrics, padding, peak memory."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=2e-5, fused=device.type == "cuda")
+    shape = model_shape(net)
+    on_device = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    timed_pass(net, opt, (on_device * WARMUP)[:WARMUP], device, shape)
+    per_repeat: dict[str, list[float]] = {k: [] for k in METRICS}
+    for _ in range(repeats):
+        seconds, counts = timed_pass(net, opt, on_device, device, shape)
+        fields = throughput_fields(counts.tolist(), seconds, shape, peak_flops)
+        fields["step_s"] = seconds / len(on_device)
+        if peak_flops:
+            parts = component_mfu(shape, counts.tolist(), seconds, peak_flops)
+            fields.update({f"mfu_{k}": v for k, v in parts.items()})
+        for k in METRICS:
+            if k in fields:
+                per_repeat[k].append(float(fields[k]))
+    memory, memory_kind = peak_memory(device)
+    return dict(per_repeat={k: v for k, v in per_repeat.items() if v}, padding_fraction=fields["padding_fraction"],
+                peak_gib=memory, memory=memory_kind, rows_per_batch=max(b["input_ids"].shape[0] for b in batches),
+                trainable=sum(p.numel() for p in params))
 
 
-def ratio_line(padded: dict[str, float], packed: dict[str, float]) -> str:
-    """Packed / padded on the same samples."""
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, min and max."""
+    return dict(median=statistics.median(values), min=min(values), max=max(values))
+
+
+def fmt(s: dict[str, float], scale: float = 1.0, digits: int = 2, unit: str = "", spec: str = "f") -> str:
+    """``median [min-max]``; ``spec`` ``f``: ``digits`` decimals, ``g``: ``digits`` significant digits."""
+    def one(x: float) -> str:
+        return f"{scale * x:.{digits}{spec}}"
+
+    return f"{one(s['median'])}{unit} [{one(s['min'])}-{one(s['max'])}]"
+
+
+def fmt_mfu(s: dict[str, float]) -> str:
+    return fmt(s, 100, 3, "%", "g")
+
+
+def report(gpu: str, row: dict[str, Any]) -> str:
+    """One human line per row (median [min-max] over the repeats)."""
+    s = row["stats"]
+    mfu = (" ".join(f"{c} {fmt_mfu(s[f'mfu_{c}'])}" for c in COMPONENTS) if "mfu_llm" in s
+           else "n/a (--peak_tflops)")
+    return (f"{gpu} | {row['attn']} | stage {row['stage']} | {row['batching']} ({row['collator']}) | "
+            f"batch {row['batch']} | {fmt(s['samples_per_second'])} samples/s | "
+            f"{fmt(s['tokens_per_second'], digits=0)} real tokens/s | MFU {mfu} | "
+            f"padding {100 * row['padding_fraction']:.1f}% | step {fmt(s['step_s'], digits=3)} s | "
+            f"peak {row['peak_gib']:.2f} GiB ({row['memory']})")
+
+
+def ratio_line(padded: dict[str, Any], packed: dict[str, Any]) -> str:
+    """Packed / padded medians on the same samples."""
     def ratio(key: str) -> float:
-        return packed[key] / padded[key] if padded[key] else float("nan")
+        a, b = padded["stats"][key]["median"], packed["stats"][key]["median"]
+        return b / a if a else float("nan")
 
-    return (f"packed / padded: useful tokens/s x{ratio('tokens_per_second'):.2f}, step time x{ratio('step_s'):.2f}, "
-            f"peak memory x{ratio('peak_gib'):.2f}, padding {100 * padded['padding_fraction']:.1f}% -> "
+    return (f"stage {packed['stage']} packed / padded: useful tokens/s x{ratio('tokens_per_second'):.2f}, "
+            f"step time x{ratio('step_s'):.2f}, padding {100 * padded['padding_fraction']:.1f}% -> "
             f"{100 * packed['padding_fraction']:.1f}%")
 
 
-def run_all(a: argparse.Namespace, device: torch.device, gpu: str, peak: float | None) -> list[tuple]:
+def plan(packing: bool) -> list[tuple[str, str]]:
+    """(stage label, batching) of each row."""
+    if packing:
+        return [(stage, batching) for stage in ("2 full", "2 lora") for batching in ("padded", "packed")]
+    return [(stage, "fixed") for stage in STAGES]
+
+
+def one_row(a: argparse.Namespace, tmp: Path, device: torch.device, attn: str, stage: str, batching: str,
+            peak: float | None) -> dict[str, Any]:
+    """Build, batch and time one row."""
+    mode, bsz = STAGES[stage]
+    bsz = 2 if a.quick else bsz
+    row_attn = packed_attention_choice(attn) if batching == "packed" else attn
+    net = build(tmp, a.quick, row_attn, device, mode)
+    collator = "DataCollatorForSupervisedDataset"
+    if batching == "fixed":
+        batches, collator = [fixed_batch(net, bsz, a.text_len)] * a.steps, "equal-length rows"
+    else:
+        capacity = (PACKING_QUICK if a.quick else PACKING_FULL)[2]
+        items = synthetic_samples(net, a.steps * bsz, a.quick)
+        if batching == "padded":
+            batches = padded_batches(items, bsz, capacity)
+        else:
+            batches, collator = packed_batches(items, bsz, capacity, model_shape(net).tokens_per_image, row_attn)
+    try:
+        got = measure(net, batches, a.repeats, device, peak)
+    finally:
+        del net
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    stats = {k: spread(v) for k, v in got.pop("per_repeat").items()}
+    return dict(attn=row_attn, stage=stage, mode=mode, batching=batching, collator=collator, batch=bsz,
+                repeats=a.repeats, steps=len(batches), stats=stats, **got)
+
+
+def run_all(a: argparse.Namespace, device: torch.device, gpu: str, peak: float | None) -> list[dict[str, Any]]:
     attns = ["sdpa"] + (["flash_attention_2"] if importlib.util.find_spec("flash_attn") and device.type == "cuda"
                         else [])
-    rows = []
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for attn in attns:
-            for stage, bsz in ((2, 16),) if a.packing else ((1, 32), (2, 16)):
-                bsz = 2 if a.tiny else bsz
-                model = build(Path(tmp), a.tiny, attn, device)
-                net = trainable_net(model, stage)
-                if a.packing:
-                    tpi = model_shape(net).tokens_per_image
-                    capacity = (PACKING_TINY if a.tiny else PACKING_FULL)[2]
-                    padded, packed = padded_and_packed(synthetic_samples(model, a.steps * bsz, a.tiny), bsz,
-                                                       capacity, tpi)
-                    runs = [("2 padded", time_steps(net, padded, 1, device, peak))]
-                    if attn == "sdpa":  # as train() does with --packing: sdpa once per sample, no L x L mask
-                        model.set_attn_implementation(PACKED_SDPA)
-                    runs.append(("2 packed", time_steps(net, packed, 1, device, peak)))
-                else:
-                    runs = [(str(stage), time_steps(net, [fixed_batch(model, bsz, a.text_len)] * a.steps, 2, device,
-                                                    peak))]
-                for label, r in runs:
-                    rows.append((attn, label, bsz, r))
-                    print(report(gpu, attn, label, bsz, r), flush=True)
-                if a.packing:
-                    print(f"{gpu} | {attn} | {ratio_line(runs[0][1], runs[1][1])}", flush=True)
-                if stage == 2:
-                    net.unload()
-                del model, net
-                if device.type == "cuda":
+            padded: dict[str, dict[str, Any]] = {}
+            for stage, batching in plan(a.packing):
+                try:
+                    row = one_row(a, Path(tmp), device, attn, stage, batching, peak)
+                except torch.cuda.OutOfMemoryError:
                     torch.cuda.empty_cache()
+                    print(f"{gpu} | {attn} | stage {stage} | {batching} | out of memory", flush=True)
+                    continue
+                rows.append(row)
+                print(report(gpu, row), flush=True)
+                if batching == "padded":
+                    padded[stage] = row
+                elif batching == "packed" and stage in padded:
+                    print(f"{gpu} | {attn} | {ratio_line(padded[stage], row)}", flush=True)
     return rows
 
 
-def append_rows(out: Path, gpu: str, rows: list[tuple]) -> None:
+def append_rows(out: Path, gpu: str, rows: list[dict[str, Any]]) -> None:
+    """Rows for BENCHMARKS.md: medians [min-max] over the repeats."""
     header = "" if out.exists() else (
-        "# Benchmarks\n\n| date | GPU | attention | stage | batch | samples/s | real tokens/s | padding | step s | "
-        "peak GiB | MFU (LLM) | MFU (vision) |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+        "# Benchmarks\n\nMedian [min-max] over the repeats.\n\n| date | GPU | attention | stage | batching | batch | "
+        "samples/s | real tokens/s | MFU vision | MFU projector | MFU LLM | padding | step s | peak GiB |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     with out.open("a") as f:
         f.write(header)
-        for attn, stage, bsz, r in rows:
-            mfu = f"{100 * r['mfu']:.1f}% | {100 * r.get('mfu_vision', 0.0):.1f}%" if "mfu" in r else "n/a | n/a"
-            f.write(f"| {datetime.date.today()} | {gpu} | {attn} | {stage} | {bsz} | {r['samples_per_second']:.2f} | "
-                    f"{r['tokens_per_second']:.0f} | {100 * r['padding_fraction']:.1f}% | {r['step_s']:.3f} | "
-                    f"{r['peak_gib']:.1f} | {mfu} |\n")
+        for r in rows:
+            s = r["stats"]
+            mfu = " | ".join(fmt_mfu(s[f"mfu_{c}"]) if f"mfu_{c}" in s else "n/a" for c in COMPONENTS)
+            f.write(f"| {datetime.date.today()} | {gpu} | {r['attn']} | {r['stage']} | {r['batching']} | {r['batch']} "
+                    f"| {fmt(s['samples_per_second'])} | {fmt(s['tokens_per_second'], digits=0)} | {mfu} | "
+                    f"{100 * r['padding_fraction']:.1f}% | {fmt(s['step_s'], digits=3)} | {r['peak_gib']:.1f} |\n")
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tiny", action="store_true", help="tiny configs (CPU smoke test)")
-    p.add_argument("--steps", type=int, default=10, help="timed steps (--packing: samples = steps x batch)")
-    p.add_argument("--text_len", type=int, default=128)
-    p.add_argument("--packing", action="store_true", help="stage 2 only: padded batches vs packed rows")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument("--quick", "--tiny", action="store_true", help="tiny shapes: seconds on a CPU (never appends)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps a repeat (default 10, --quick 2); "
+                   "--packing: samples = steps x batch")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes per row (>= 3): median and range")
+    p.add_argument("--text_len", type=int, default=None, help="text tokens of a fixed-batch sample (128, --quick 32)")
+    p.add_argument("--packing", action="store_true", help="stage 2 (full, LoRA): padded batches vs packed rows")
     p.add_argument("--peak_tflops", type=float, default=None,
                    help="peak dense bf16 TFLOP/s of the device (default: the table in llava/train/throughput.py)")
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument("--no-append", action="store_true")
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[2] / "BENCHMARKS.md"))
-    a = p.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
+    a = p.parse_args(argv)
+    if a.repeats < 3:
+        p.error(f"--repeats must be >= 3 (median and range over the repeats), got {a.repeats}")
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available")
+    a.steps = a.steps or (2 if a.quick else 10)
+    a.text_len = a.text_len or (32 if a.quick else 128)
+    return a
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse_args(argv)
+    use_cuda = a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if use_cuda else "cpu")
+    gpu = torch.cuda.get_device_name(device) if use_cuda else "cpu"
     peak, source = resolve_peak_flops(device, a.peak_tflops)
     print(f"peak FLOP/s: {peak:.3g} ({source})" if peak else source, flush=True)
+    print(f"median [min-max] over {a.repeats} repeats of {a.steps} steps", flush=True)
     rows = run_all(a, device, gpu, peak)
-    if not a.no_append:
+    if a.json:
+        Path(a.json).write_text(json.dumps(dict(device=gpu, peak_flops=peak, rows=rows), indent=1))
+    if not a.no_append and not a.quick:
         append_rows(Path(a.out), gpu, rows)
 
 
