@@ -14,6 +14,7 @@ import pytest
 
 from llava.data import store as store_mod
 from llava.data.dataset import DataFileError, LazySupervisedDataset, load_data_file
+from llava.data.sample_check import first_problem
 from llava.data.store import SampleStore, _stream_json_list, file_sha256, open_store
 
 CORPUS = [
@@ -58,6 +59,12 @@ def test_store_equals_the_json_path_for_every_field(tmp_path: Path, style: str) 
     dataset = LazySupervisedDataset(str(data), tokenizer=None, data_args=ds_args, list_data_dict=plain)
     assert store.lengths() == dataset.lengths  # what --group_by_modality_length and the length sampler read
     assert store.modality_lengths() == dataset.modality_lengths
+    # the structural-problem column gives the JSON path's statuses and launch error (skip and no-skip alike)
+    skipping = SimpleNamespace(**vars(ds_args), skip_bad_samples=True)
+    on_json = LazySupervisedDataset(str(data), tokenizer=None, data_args=skipping, list_data_dict=plain)
+    on_store = LazySupervisedDataset(str(data), tokenizer=None, data_args=skipping, list_data_dict=store)
+    assert on_store.status_record() == on_json.status_record() and len(on_json.status_record()) == 6
+    assert first_problem(store) == first_problem(plain) is not None
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64])

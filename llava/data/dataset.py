@@ -26,6 +26,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, ImageFile
 from torch.utils.data import Dataset
@@ -161,7 +162,10 @@ class LazySupervisedDataset(Dataset):
         # Per-sample status shared with DataLoader workers: 0 = fine/unknown, k = BAD_SAMPLE_CATEGORIES[k-1].
         self._status = torch.zeros(len(self.list_data_dict), dtype=torch.int8).share_memory_()
         self._failed = torch.full((1,), -1, dtype=torch.int64).share_memory_()  # index of a fatal fetch failure
-        if self.skip_bad_samples:  # structural problems are known up front: skipped and counted exactly
+        codes = getattr(self.list_data_dict, "problem_codes", None)  # a store's column: the same codes
+        if self.skip_bad_samples and codes is not None:
+            self._status.copy_(torch.from_numpy(np.array(codes, dtype=np.int8)))  # a private copy
+        elif self.skip_bad_samples:  # structural problems are known up front: skipped and counted exactly
             for i, sample in enumerate(self.list_data_dict):
                 if problems := structural_problems(sample):
                     self._status[i] = BAD_SAMPLE_CATEGORIES.index(problems[0][0]) + 1

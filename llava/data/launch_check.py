@@ -4,7 +4,8 @@ For each sample with an ``image`` (structurally bad samples are the structure ch
 inside ``--image_folder`` (``realpath`` on both sides, so a symlink leading out counts; refused unless
 ``--allow_absolute_image_paths``), the file exists, its header opens as an image (``unreadable_image``) and it has
 at most ``--max_image_pixels`` pixels (``image_too_large``: a decompression bomb). Headers are read by a thread
-pool (file I/O and PIL's header parsing; nothing is decoded) with a progress line.
+pool (file I/O and PIL's header parsing; nothing is decoded) with a progress line; under a launcher every rank
+reads its shard and the problems are gathered.
 
 :func:`problems_summary` is the launch's error without ``--skip_bad_samples``: one line per category with its
 count and the first few sample ids. With it, the dataset marks the samples skipped from the start.
@@ -18,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from llava.utils.image_files import image_inside_folder
@@ -68,24 +70,34 @@ def _check_chunk(records: Sequence[Any], indices: list[int], folder: str, max_pi
                  allow_absolute: bool) -> list[LaunchProblem]:
     found = []
     for i in indices:
-        image = records[i]["image"]
+        sample = records[i]  # decoded once (a store decodes on every access)
+        image = sample.get("image") if isinstance(sample, dict) else None
+        if not isinstance(image, str) or not image:
+            continue  # not one path: the structure check's business
         problem = image_problem(image, folder, max_pixels, allow_absolute)
         if problem is not None:
-            found.append(LaunchProblem(i, _sample_id(records[i], i), *problem, os.path.join(folder, image)))
+            found.append(LaunchProblem(i, _sample_id(sample, i), *problem, os.path.join(folder, image)))
     return found
 
 
 def image_indices(records: Sequence[Any]) -> list[int]:
-    """Indices of the samples with one image path to check."""
-    return [i for i, s in enumerate(records) if isinstance(s, dict) and isinstance(s.get("image"), str) and s["image"]]
+    """Indices of the samples with an image (a store's ``has_image`` column, else a look at every sample)."""
+    column = getattr(records, "has_image", None)
+    if column is not None:
+        return np.flatnonzero(np.asarray(column)).tolist()
+    return [i for i, s in enumerate(records) if isinstance(s, dict) and s.get("image") is not None]
 
 
 def check_images(records: Sequence[Any], folder: str, max_pixels: int | None, allow_absolute: bool = False,
-                 workers: int = 8, report_every_s: float = 10.0) -> list[LaunchProblem]:
-    """Every image problem in ``records`` (by index), read by ``workers`` threads with a progress line."""
-    todo = image_indices(records)
+                 workers: int = 8, report_every_s: float = 10.0,
+                 shard: tuple[int, int] = (0, 1)) -> list[LaunchProblem]:
+    """Every image problem in ``records`` (by index), read by ``workers`` threads with a progress line (printed by
+    shard 0). ``shard=(k, n)``: only every n-th image sample from the k-th (ranks split the work)."""
+    k, n = shard
+    todo = image_indices(records)[k::n]
     chunks = [todo[k:k + CHUNK] for k in range(0, len(todo), CHUNK)]
-    progress = ProgressLine("[launch] checking images", len(todo), report_every_s, unit="images")
+    label = "[launch] checking images" + (f" (rank 0's 1/{n} share)" if n > 1 else "")
+    progress = ProgressLine(label, len(todo), report_every_s if k == 0 else float("inf"), unit="images")
     found: list[LaunchProblem] = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for chunk, part in zip(chunks, pool.map(

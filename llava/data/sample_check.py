@@ -104,7 +104,12 @@ def structural_warnings(sample: Any) -> list[tuple[str, str]]:
 
 
 def first_problem(records: list[Any]) -> tuple[int, str, str, int] | None:
-    """``(index, category, detail, n_bad)`` of the first structurally bad sample in ``records`` (or None)."""
+    """``(index, category, detail, n_bad)`` of the first structurally bad sample in ``records`` (or None); a
+    store's ``problem_codes`` column answers without decoding the good samples."""
+    codes = getattr(records, "problem_codes", None)
+    if codes is not None:
+        bad = [int(i) for i in codes.nonzero()[0]]
+        return None if not bad else (bad[0], *structural_problems(records[bad[0]])[0], len(bad))
     first, n_bad = None, 0
     for i, sample in enumerate(records):
         problems = structural_problems(sample)

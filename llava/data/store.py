@@ -8,6 +8,7 @@ the caches::
                          offsets.npy    int64[n + 1]: sample i is samples.bin[offsets[i]:offsets[i + 1]]
                          words.npy      int32[n]: whitespace word count of the conversation values (upstream's length)
                          has_image.npy  bool[n]: the sample names an image
+                         problem.npy    int8[n]: 0, or 1 + the category index of its first structural problem
                          meta.json      source path, size, mtime, SHA-256, n, format version (written last)
 
 and returns a :class:`SampleStore`: a read-only ``Sequence`` whose ``store[i]`` decodes one sample from the
@@ -36,10 +37,12 @@ from typing import Any
 import numpy as np
 
 from llava.data.dataset import IMAGE_LENGTH_BONUS, DataFileError, _has_image, _parse_data_file, _word_count
+from llava.data.preprocess import BAD_SAMPLE_CATEGORIES
+from llava.data.sample_check import structural_problems
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: problem.npy
 CHUNK = 1 << 22  # bytes read per step while streaming a .json list
 _DECODER = json.JSONDecoder()
 _NUMBER_TAIL = frozenset("0123456789.eE+-")
@@ -137,7 +140,7 @@ def _records(path: str) -> Iterator[Any]:
 def _build(path: str, sha: str, target: Path, progress_every: int = 100_000) -> None:
     """Write the store for ``path`` into ``target`` (atomically: a temporary sibling folder renamed)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{sha[:12]}.", dir=target.parent))
-    offsets, words, images, at, start = [0], [], [], 0, time.monotonic()
+    offsets, words, images, problems, at, start = [0], [], [], [], 0, time.monotonic()
     try:
         with open(tmp / "samples.bin", "wb") as out:
             for n, sample in enumerate(_records(path), start=1):
@@ -147,6 +150,7 @@ def _build(path: str, sha: str, target: Path, progress_every: int = 100_000) -> 
                 offsets.append(at)
                 words.append(_word_count(sample))
                 images.append(_has_image(sample))
+                problems.append(problem_code(sample))
                 if n % progress_every == 0:
                     rate = n / max(time.monotonic() - start, 1e-9)
                     logger.info("data store: %d samples converted (%.0f/s)", n, rate)
@@ -155,6 +159,7 @@ def _build(path: str, sha: str, target: Path, progress_every: int = 100_000) -> 
         np.save(tmp / "offsets.npy", np.asarray(offsets, dtype=np.int64))
         np.save(tmp / "words.npy", np.asarray(words, dtype=np.int32))
         np.save(tmp / "has_image.npy", np.asarray(images, dtype=bool))
+        np.save(tmp / "problem.npy", np.asarray(problems, dtype=np.int8))
         stat = os.stat(path)
         meta = dict(format=FORMAT, source=os.path.realpath(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns,
                     sha256=sha, n=len(words))
@@ -190,6 +195,21 @@ def _had_store_for(path: str, cache_dir: Path) -> bool:
     return False
 
 
+def problem_code(sample: Any) -> int:
+    """0 for a sample training can use, else 1 + the index in ``BAD_SAMPLE_CATEGORIES`` of its first structural
+    problem (the dataset's status code)."""
+    problems = structural_problems(sample)
+    return BAD_SAMPLE_CATEGORIES.index(problems[0][0]) + 1 if problems else 0
+
+
+def _complete(target: Path) -> bool:
+    """A finished store of this format (meta.json is written last)."""
+    try:
+        return json.loads((target / "meta.json").read_text()).get("format") == FORMAT
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 def open_store(data_path: str, cache_dir: str | os.PathLike[str]) -> SampleStore:
     """The store of ``data_path`` under ``cache_dir``, converting the file first when no store matches it."""
     if not data_path or not os.path.isfile(data_path):
@@ -201,7 +221,7 @@ def open_store(data_path: str, cache_dir: str | os.PathLike[str]) -> SampleStore
     with open(root / ".lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one builder; the others wait and then open what it wrote
         try:
-            if not (target / "meta.json").is_file():
+            if not _complete(target):
                 if target.exists():  # an incomplete folder (no meta.json): never trusted
                     shutil.rmtree(target)
                 if _had_store_for(data_path, root):
@@ -224,11 +244,13 @@ class SampleStore(Sequence):
         self.offsets = np.load(self.folder / "offsets.npy", mmap_mode="r")
         self.words = np.load(self.folder / "words.npy", mmap_mode="r")
         self.has_image = np.load(self.folder / "has_image.npy", mmap_mode="r")
+        self.problem_codes = np.load(self.folder / "problem.npy", mmap_mode="r")
         size = int(self.offsets[-1])
         data = self.folder / "samples.bin"
         self._bytes = np.memmap(data, dtype=np.uint8, mode="r") if data.stat().st_size else np.zeros(0, np.uint8)
         n = int(self.meta["n"])
-        if (len(self.offsets), len(self.words), len(self.has_image), len(self._bytes)) != (n + 1, n, n, size):
+        if (len(self.offsets), len(self.words), len(self.has_image), len(self.problem_codes),
+                len(self._bytes)) != (n + 1, n, n, n, size):
             raise DataFileError(f"{self.folder} is truncated (delete it to rebuild)")
 
     @property

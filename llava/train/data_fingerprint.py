@@ -20,11 +20,12 @@ logger = logging.getLogger(__name__)
 FINGERPRINT_FILE = "data_fingerprint.json"
 
 
-def fingerprint(data_path: str) -> dict[str, Any]:
-    """``{path, size, mtime_ns, sha256}`` of the data file (hashed once, streamed)."""
+def fingerprint(data_path: str, known_sha256: str | None = None) -> dict[str, Any]:
+    """``{path, size, mtime_ns, sha256}`` of the data file (hashed once, streamed, unless the data store that was
+    just opened for it already knows the hash)."""
     stat = os.stat(data_path)
     return dict(path=os.path.realpath(data_path), size=stat.st_size, mtime_ns=stat.st_mtime_ns,
-                sha256=file_sha256(data_path))
+                sha256=known_sha256 or file_sha256(data_path))
 
 
 def write_fingerprint(folder: str, record: dict[str, Any] | None) -> None:

@@ -310,7 +310,7 @@ def run_stage(model_args: Any, data_args: DataArguments, training_args: Training
                                     launch_problems)
     trainer = LLaVATrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
     if training_args.should_save:
-        trainer.data_fingerprint = fingerprint(data_args.data_path)
+        trainer.data_fingerprint = fingerprint(data_args.data_path, getattr(records, "sha256", None))
     from llava.train.progress import ProgressCallback
 
     label = training_args.progress_label or os.path.basename(os.path.normpath(training_args.output_dir))

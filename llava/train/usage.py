@@ -50,23 +50,25 @@ def read_training_data(data_args: Any) -> Any:
     return open_store(data_args.data_path, data_args.data_store_dir)
 
 
-def on_rank_zero(compute: Any) -> Any:
-    """``compute()`` run on rank 0 only and its result sent to every rank (just run it without a process group)."""
-    import torch
+def over_ranks(compute: Any) -> list[Any]:
+    """``compute(rank, world)`` on every rank (each its shard of the work), every rank's result gathered on all, in
+    rank order; just ``[compute(0, 1)]`` without a process group."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
-        return compute()
-    box = [compute() if dist.get_rank() == 0 else None]
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-    dist.broadcast_object_list(box, src=0, device=device)
-    return box[0]
+        return [compute(0, 1)]
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mine = compute(rank, world)
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, mine)  # nccl: through the current CUDA device (set from the local rank)
+    return gathered
 
 
 def check_images_at_launch(records: Any, eval_records: Any, data_args: Any) -> tuple[list[Any], list[Any]]:
-    """``(train, eval)`` problems of :func:`llava.data.launch_check.check_images` (read on rank 0, sent to all),
-    before any weights load. Without ``--skip_bad_samples`` a problem stops the launch: one line per category
-    with the first sample ids, exit 2; with it, the caller marks the samples skipped."""
+    """``(train, eval)`` problems of :func:`llava.data.launch_check.check_images` (each rank reads a shard
+    of the images, the problems are gathered on all), before any weights load. Without ``--skip_bad_samples`` a
+    problem stops the launch: one line per category with the first sample ids, exit 2; with it, the caller marks
+    the samples skipped."""
     from llava.data.launch_check import check_images, problems_summary
 
     max_pixels = data_args.max_image_pixels or None
@@ -74,11 +76,12 @@ def check_images_at_launch(records: Any, eval_records: Any, data_args: Any) -> t
     sets = ((records, data_args.image_folder, data_args.data_path),
             (eval_records, eval_folder, getattr(data_args, "eval_data_path", None)))
 
-    def compute() -> list[list[Any]]:
-        return [check_images(recs, folder, max_pixels, data_args.allow_absolute_image_paths)
+    def compute(rank: int, world: int) -> list[list[Any]]:  # this rank's shard: every world-th image sample
+        return [check_images(recs, folder, max_pixels, data_args.allow_absolute_image_paths, shard=(rank, world))
                 if recs is not None and folder is not None else [] for recs, folder, _ in sets]
 
-    found = on_rank_zero(compute)
+    shards = over_ranks(compute)
+    found = [sorted((p for shard in shards for p in shard[k]), key=lambda p: p.index) for k in range(len(sets))]
     if not data_args.skip_bad_samples:
         for problems, (_, _, path) in zip(found, sets):
             if problems:

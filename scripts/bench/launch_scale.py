@@ -5,7 +5,9 @@ the same mix of image / text-only / multi-turn samples and lengths, words from a
 sample names one of a pool of small PNGs, so the launch image check reads cached headers), deterministic for a
 seed and kept in the work folder. Then times ``scripts/v1_5/finetune.sh`` (tiny random models, 2 CPU DeepSpeed
 processes, ZeRO-3, ``--group_by_modality_length``, ``MAX_STEPS=1``) from the launch to the first
-``[progress] ... step 1/`` line, polling every process's peak RSS (``VmHWM``), for each configuration:
+``[progress] ... step 1/`` line, polling every rank's peak RSS (``VmHWM``, which counts the pages of a memory-mapped
+store the rank has read, shared by every process on the node) and its peak private memory (``RssAnon``), for each
+configuration:
 
     json   / store            the data read by every rank from the JSON, or from the memory-mapped store
     padded / packed           ``--packing``
@@ -99,13 +101,17 @@ def prepare(workdir: Path, n: int, seed: int) -> dict[str, str]:
                 IMAGE_FOLDER=str(workdir / "images"), DATA_PATH=str(data))
 
 
-def _peak_rss(pids: set[int], peaks: dict[int, int]) -> None:
+def _peak_rss(pids: set[int], peaks: dict[int, int], anon: dict[int, int] | None = None) -> None:
+    """Each process's peak RSS (``VmHWM``: file pages of a memory map count too) and, in ``anon``, the largest
+    private memory seen (``RssAnon``: what the process does not share with the page cache)."""
     for pid in list(pids):
         try:
             with open(f"/proc/{pid}/status", encoding="utf-8") as f:
                 for line in f:
                     if line.startswith("VmHWM:"):
                         peaks[pid] = max(peaks.get(pid, 0), int(line.split()[1]) * 1024)
+                    elif line.startswith("RssAnon:") and anon is not None:
+                        anon[pid] = max(anon.get(pid, 0), int(line.split()[1]) * 1024)
         except OSError:
             pids.discard(pid)
 
@@ -128,8 +134,9 @@ def _ranks(root: int) -> set[int]:
     return found
 
 
-def time_launch(env: dict[str, str], log: Path, timeout_s: float = 3600) -> tuple[float, float]:
-    """(seconds to the first step, peak RSS of the largest rank in bytes) of one finetune.sh launch."""
+def time_launch(env: dict[str, str], log: Path, timeout_s: float = 3600) -> tuple[float, float, float]:
+    """(seconds to the first step, peak RSS and peak private memory of the largest rank, bytes) of one
+    finetune.sh launch."""
     import threading
 
     start = time.monotonic()
@@ -150,16 +157,17 @@ def time_launch(env: dict[str, str], log: Path, timeout_s: float = 3600) -> tupl
     reader.start()
     pids: set[int] = set()
     peaks: dict[int, int] = {}
+    anon: dict[int, int] = {}
     while proc.poll() is None and time.monotonic() - start < timeout_s:
         pids |= _ranks(proc.pid)
-        _peak_rss(pids, peaks)
+        _peak_rss(pids, peaks, anon)
         time.sleep(0.2)
     if proc.poll() is None:
         os.killpg(proc.pid, 9)
     reader.join(timeout=30)
     if proc.wait() != 0 or not first:
         raise RuntimeError(f"finetune.sh failed or never reached step 1 (exit {proc.returncode}); see {log}")
-    return first[0], float(max(peaks.values(), default=0))
+    return first[0], float(max(peaks.values(), default=0)), float(max(anon.values(), default=0))
 
 
 UPSTREAM = """
@@ -173,21 +181,23 @@ print(time.monotonic() - t)
 """
 
 
-def time_upstream(data: str) -> tuple[float, float]:
-    """Upstream's data launch: 2 processes, each ``json.load`` + word-count lengths (wall s, peak RSS bytes)."""
+def time_upstream(data: str) -> tuple[float, float, float]:
+    """Upstream's data launch: 2 processes, each ``json.load`` + word-count lengths (wall s, peak RSS and private
+    memory, bytes)."""
     start = time.monotonic()
     procs = [subprocess.Popen([sys.executable, "-c", UPSTREAM, data], stdout=subprocess.PIPE) for _ in range(2)]
     peaks: dict[int, int] = {}
+    anon: dict[int, int] = {}
     pids = {p.pid for p in procs}
     while any(p.poll() is None for p in procs):
-        _peak_rss(set(pids), peaks)
+        _peak_rss(set(pids), peaks, anon)
         time.sleep(0.1)
     if any(p.returncode for p in procs):
         raise RuntimeError("the upstream json.load path failed")
-    return time.monotonic() - start, float(max(peaks.values(), default=0))
+    return time.monotonic() - start, float(max(peaks.values(), default=0)), float(max(anon.values(), default=0))
 
 
-def run_config(name: str, base: dict[str, str], workdir: Path, repeat: int) -> tuple[float, float]:
+def run_config(name: str, base: dict[str, str], workdir: Path, repeat: int) -> tuple[float, float, float]:
     """One measurement of configuration ``name`` (cold ones start from empty output and store folders)."""
     if name == "upstream":
         return time_upstream(base["DATA_PATH"])
@@ -224,19 +234,23 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--configs: unknown {unknown}; valid: {', '.join(ALL_CONFIGS)}")
     base = prepare(a.workdir, a.samples, a.seed)
     (a.workdir / "logs").mkdir(exist_ok=True)
-    results: dict[str, list[tuple[float, float]]] = {c: [] for c in configs}
+    results: dict[str, list[tuple[float, float, float]]] = {c: [] for c in configs}
     for r in range(a.repeats):
         for c in configs:  # interleaved, so drift in machine load spreads over every configuration
-            seconds, rss = run_config(c, base, a.workdir, r)
-            results[c].append((seconds, rss))
-            print(f"[launch_scale] repeat {r + 1}/{a.repeats} {c}: {seconds:.1f} s, peak RSS {rss / 2**30:.2f} GiB",
-                  flush=True)
+            seconds, rss, private = run_config(c, base, a.workdir, r)
+            results[c].append((seconds, rss, private))
+            print(f"[launch_scale] repeat {r + 1}/{a.repeats} {c}: {seconds:.1f} s, peak RSS {rss / 2**30:.2f} GiB "
+                  f"(private {private / 2**30:.2f} GiB)", flush=True)
     print(f"\n{a.samples} samples, 2 ranks, n={a.repeats} each: median [min, max]\n")
-    print("| configuration | launch -> step 1 (s) | peak RSS per rank (GiB) |\n|---|---|---|")
+    print("| configuration | launch -> step 1 (s) | peak RSS per rank (GiB) | peak private memory per rank (GiB) |\n"
+          "|---|---|---|---|")
     for c, rows in results.items():
-        s, m = [x for x, _ in rows], [y / 2**30 for _, y in rows]
-        print(f"| {c} | {statistics.median(s):.1f} [{min(s):.1f}, {max(s):.1f}] | "
-              f"{statistics.median(m):.2f} [{min(m):.2f}, {max(m):.2f}] |")
+        cells = []
+        for k, scale in ((0, 1.0), (1, 2**30), (2, 2**30)):
+            v = [row[k] / scale for row in rows]
+            digits = 1 if k == 0 else 2
+            cells.append(f"{statistics.median(v):.{digits}f} [{min(v):.{digits}f}, {max(v):.{digits}f}]")
+        print(f"| {c} | " + " | ".join(cells) + " |")
     if a.json:
         a.json.write_text(json.dumps(dict(samples=a.samples, repeats=a.repeats, results=results), indent=1))
 
