@@ -1,5 +1,5 @@
 """Packing's token counts equal, sample for sample, what preprocessing gives training, over any number of workers
-(issue 28): every conversation template, image / text-only / multi-turn / mid-text image / too-long samples and
+(issue 28): every conversation template (the tokenizer's chat template too), image / text-only / multi-turn / mid-text image / too-long samples and
 structurally bad ones."""
 
 from __future__ import annotations
@@ -67,9 +67,12 @@ def processor(tiny_clip):
     return CLIPImageProcessorPil.from_pretrained(tiny_clip)
 
 
-@pytest.mark.parametrize("template", TEMPLATES)
-def test_counts_equal_the_training_samples_for_every_worker_count(template, corpus, llama_tokenizer, processor):
-    dataset = _dataset(corpus, llama_tokenizer, processor, template)
+@pytest.mark.parametrize("template", [*TEMPLATES, "chat_template"])
+def test_counts_equal_the_training_samples_for_every_worker_count(template, corpus, llama_tokenizer,
+                                                                  qwen2_tokenizer, processor):
+    # chat_template: the Qwen2 tokenizer's own ChatML template (tokenized without added special tokens)
+    tokenizer = qwen2_tokenizer if template == "chat_template" else llama_tokenizer
+    dataset = _dataset(corpus, tokenizer, processor, template)
     serial = count_tokens(dataset, workers=1)
     assert count_tokens(dataset, workers=3) == serial == count_tokens(dataset, workers=len(dataset))
     tokens, images = serial

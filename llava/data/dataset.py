@@ -33,7 +33,13 @@ from torch.utils.data import Dataset
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import get_conv_template
-from llava.data.preprocess import BAD_SAMPLE_CATEGORIES, BadSampleError, preprocess, preprocess_multimodal
+from llava.data.preprocess import (
+    BAD_SAMPLE_CATEGORIES,
+    BadSampleError,
+    preprocess,
+    preprocess_multimodal,
+    prompt_token_ids,
+)
 from llava.data.sample_check import structural_problems
 from llava.mm_utils import background_color_for, image_to_tensor, load_image
 from llava.utils.image_files import image_inside_folder
@@ -265,11 +271,11 @@ class LazySupervisedDataset(Dataset):
             sources = [sample["conversations"]]
             if _has_image(sample):
                 sources = preprocess_multimodal(sources, self.is_multimodal, self.mm_use_im_start_end)
-            out = preprocess(sources, self.tokenizer, self.conv, has_image=_has_image(sample), sample_id=sample_id)
+            ids = prompt_token_ids(sources, self.tokenizer, self.conv, has_image=_has_image(sample),
+                                   sample_id=sample_id)[0]
         except BadSampleError as err:
             raise err.located(sample_id, self.data_path, i) from None
-        input_ids = out["input_ids"][0]
-        return int(input_ids.numel()), int((input_ids == IMAGE_TOKEN_INDEX).sum())
+        return len(ids), ids.count(IMAGE_TOKEN_INDEX)
 
     def precheck(self, i: int) -> None:
         """Everything about sample ``i`` that can be checked without reading its image: it renders, fits

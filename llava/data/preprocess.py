@@ -324,6 +324,35 @@ def preprocess_chat_template(
     return _preprocess_rendered(sources, tokenizer, conv, has_image, sample_id, add_special_tokens=False)
 
 
+def prompt_token_ids(
+    sources: Sequence[Source],
+    tokenizer: Any,
+    conv_template_name_or_conv: Conversation | str,
+    has_image: bool = False,
+    sample_id: Any = None,
+) -> list[list[int]]:
+    """The ``input_ids`` :func:`preprocess` gives each source, without its labels: the same checks, rendering
+    and one tokenization of the whole prompt (the masking's prefix tokenizations, quadratic in the turns, are
+    what this skips). For packing's token counts."""
+    conv = _resolve(conv_template_name_or_conv)
+    out = []
+    for source in copy.deepcopy(list(sources)):
+        turns = _turns(source, sample_id)
+        if conv.sep_style == SeparatorStyle.PLAIN:
+            if len(turns) != 2 or DEFAULT_IMAGE_TOKEN not in turns[0][1]:
+                preprocess_plain([source], tokenizer, conv, sample_id=sample_id)  # raises its BadSampleError
+            out.append(_tokenize(DEFAULT_IMAGE_TOKEN + turns[1][1] + conv.sep, tokenizer, True, True))
+            continue
+        if conv.sep_style not in (SeparatorStyle.TWO, SeparatorStyle.LLAMA_2, SeparatorStyle.TEMPLATE):
+            raise ValueError(f"no preprocessor for separator style {conv.sep_style!r} (template {conv.version!r})")
+        template = conv.sep_style == SeparatorStyle.TEMPLATE
+        if template and not getattr(tokenizer, "chat_template", None):
+            raise ValueError("the 'chat_template' conversation template needs a tokenizer with `chat_template` set")
+        prompt, _ = _render_with_spans(turns, conv, tokenizer)
+        out.append(_tokenize(prompt, tokenizer, has_image, add_special_tokens=not template))
+    return out
+
+
 def preprocess(
     sources: Sequence[Source],
     tokenizer: Any,
