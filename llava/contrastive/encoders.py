@@ -27,7 +27,9 @@ class FrozenVisionEncoder(nn.Module):
 
     def __init__(self, name_or_path: str, pooling: str = "pooler", trust_remote_code: bool = False) -> None:
         super().__init__()
-        from transformers import AutoConfig, AutoImageProcessor, AutoModel
+        from transformers import AutoConfig, AutoModel
+
+        from llava.utils.image_processor import load_image_processor
 
         try:
             config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
@@ -36,7 +38,7 @@ class FrozenVisionEncoder(nn.Module):
                           "Pass a local CLIP-like model dir or a cached hub name.") from e
         model = AutoModel.from_pretrained(name_or_path, config=config, trust_remote_code=trust_remote_code)
         self.model = _freeze(getattr(model, "vision_model", model))
-        self.processor = AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        self.processor = load_image_processor(name_or_path, trust_remote_code=trust_remote_code)
         vcfg = getattr(config, "vision_config", config)
         self.dim = int(vcfg.hidden_size)
         self.pooling = pooling

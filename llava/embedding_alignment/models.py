@@ -188,10 +188,12 @@ def load_embedding_model(path: str, model_base: str | None = None, device: str =
         if model_base is not None:
             raise ValueError(f"{flag} {path!r} is a native llava-hf checkpoint; its --model_base_* flag applies "
                              "only to this project's LoRA / projector-only checkpoints. Drop it.")
-        from transformers import AutoImageProcessor, LlavaForConditionalGeneration
+        from transformers import LlavaForConditionalGeneration
+
+        from llava.utils.image_processor import load_image_processor
 
         model = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch_dtype)
-        processor = AutoImageProcessor.from_pretrained(path)
+        processor = load_image_processor(path)
         aspect = "pad" if getattr(processor, "do_pad", False) else None
         _drop_language_model(model, native=True)
         model.to(dev).eval()

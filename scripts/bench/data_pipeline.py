@@ -66,18 +66,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--template", default="v1")
     args = parser.parse_args(argv)
 
-    from transformers import AutoImageProcessor, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from llava.data.supervised import make_supervised_data_module
     from llava.testing.tiny_models import build_clip, build_tokenizer
     from llava.train.arguments import DataArguments
+    from llava.utils.image_processor import load_image_processor
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         build_tokenizer(root / "tok")
         build_clip(root / "clip", num_layers=1, image_size=args.image_size, patch_size=14)
         tokenizer = AutoTokenizer.from_pretrained(str(root / "tok"))
-        processor = AutoImageProcessor.from_pretrained(str(root / "clip"))
+        processor = load_image_processor(str(root / "clip"))
         data_path, image_dir = make_synthetic_set(root / "data", args.num_samples, args.image_fraction)
 
         data_args = DataArguments(
