@@ -150,6 +150,7 @@ def time_launch(env: dict[str, str], log: Path, timeout_s: float = 3600) -> tupl
         with log.open("w") as f:
             for line in proc.stdout:
                 f.write(line)
+                f.flush()  # the log can be followed while the launch runs
                 if not first and STEP_ONE.search(line):
                     first.append(time.monotonic() - start)
 
