@@ -150,3 +150,27 @@ def test_a_sample_that_goes_bad_after_launch_is_one_located_error(tmp_path, llam
     err = dataset.fetch_failure()
     assert err is not None and err.category == "unreadable_image"
     assert "sample id='g2' (index 1)" in str(err) and str(images / "good.png") in str(err)
+
+
+def test_a_relaunch_reads_only_the_headers_that_changed(tmp_path, monkeypatch):
+    from llava.data import launch_check as lc
+
+    images, records = _folder(tmp_path)
+    key = lc.header_cache_key(str(images), 10_000, False)
+    cache_file = str(tmp_path / "out" / "image_headers.json")
+    first = lc.HeaderCache(lc.read_header_cache(cache_file, key))
+    found = check_images(records, str(images), 10_000, cache=first)
+    (tmp_path / "out").mkdir()
+    lc.write_header_cache(cache_file, key, first.passed)
+    assert sorted(first.passed) == [str(images / "good.png")]  # bad files are never remembered
+
+    opened = []
+    real = lc._header_problem
+    monkeypatch.setattr(lc, "_header_problem", lambda path, m: opened.append(path) or real(path, m))
+    again = check_images(records, str(images), 10_000, cache=lc.HeaderCache(lc.read_header_cache(cache_file, key)))
+    assert again == found and str(images / "good.png") not in opened  # unchanged: not re-read
+    Image.new("RGB", (300, 300)).save(images / "good.png")  # edited since: read again, now too large
+    third = check_images(records, str(images), 10_000, cache=lc.HeaderCache(lc.read_header_cache(cache_file, key)))
+    assert {p.sample_id for p in third if p.category == "image_too_large"} == {"bomb", "g", "g2"}
+    other = lc.header_cache_key(str(images), 20_000, False)  # another limit: the cache does not apply
+    assert lc.read_header_cache(cache_file, other) == {}

@@ -276,7 +276,7 @@ def train(attn_implementation: str | None = None) -> None:
     if data_args.packing:
         attn_implementation = packed_attention_choice(attn_implementation)
     init_distributed(training_args)
-    launch_problems = check_images_at_launch(records, eval_records, data_args)
+    launch_problems = check_images_at_launch(records, eval_records, data_args, training_args.output_dir)
     lock = take_output_lock(training_args.output_dir)
     try:
         run_stage(model_args, data_args, training_args, records, eval_records, attn_implementation, launch_problems)

@@ -3,11 +3,12 @@ exit 2; :mod:`llava.utils.user_errors`) before any weights load."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from llava.data.dataset import load_data_file
 from llava.data.sample_check import check_structure
-from llava.utils.user_errors import fail, only_rank_zero_stderr
+from llava.utils.user_errors import fail, is_rank_zero, only_rank_zero_stderr
 
 
 def parse_and_check(build_parser: Any, argv: list[str],
@@ -64,24 +65,44 @@ def over_ranks(compute: Any) -> list[Any]:
     return gathered
 
 
-def check_images_at_launch(records: Any, eval_records: Any, data_args: Any) -> tuple[list[Any], list[Any]]:
+HEADER_CACHE_FILE = "image_headers.json"  # in --output_dir: the image headers that passed the launch check
+
+
+def check_images_at_launch(records: Any, eval_records: Any, data_args: Any,
+                           output_dir: str | None = None) -> tuple[list[Any], list[Any]]:
     """``(train, eval)`` problems of :func:`llava.data.launch_check.check_images` (each rank reads a shard
     of the images, the problems are gathered on all), before any weights load. Without ``--skip_bad_samples`` a
     problem stops the launch: one line per category with the first sample ids, exit 2; with it, the caller marks
-    the samples skipped."""
-    from llava.data.launch_check import check_images, problems_summary
+    the samples skipped. With ``output_dir`` the training images whose header passed are remembered there
+    (path, size, mtime), so a relaunch (a resume) reads only the headers of files that changed."""
+    from llava.data.launch_check import (
+        HeaderCache,
+        check_images,
+        header_cache_key,
+        problems_summary,
+        read_header_cache,
+        write_header_cache,
+    )
 
     max_pixels = data_args.max_image_pixels or None
     eval_folder = getattr(data_args, "eval_image_folder", None) or data_args.image_folder
     sets = ((records, data_args.image_folder, data_args.data_path),
             (eval_records, eval_folder, getattr(data_args, "eval_data_path", None)))
+    cache_path = os.path.join(output_dir, HEADER_CACHE_FILE) if output_dir and data_args.image_folder else None
+    key = header_cache_key(data_args.image_folder or "", max_pixels, data_args.allow_absolute_image_paths)
 
-    def compute(rank: int, world: int) -> list[list[Any]]:  # this rank's shard: every world-th image sample
-        return [check_images(recs, folder, max_pixels, data_args.allow_absolute_image_paths, shard=(rank, world))
-                if recs is not None and folder is not None else [] for recs, folder, _ in sets]
+    def compute(rank: int, world: int) -> tuple[list[list[Any]], dict[str, list[int]]]:  # this rank's shard
+        cache = HeaderCache(read_header_cache(cache_path, key)) if cache_path else None
+        found = [check_images(recs, folder, max_pixels, data_args.allow_absolute_image_paths, shard=(rank, world),
+                              cache=cache if k == 0 else None)
+                 if recs is not None and folder is not None else [] for k, (recs, folder, _) in enumerate(sets)]
+        return found, cache.passed if cache is not None else {}
 
     shards = over_ranks(compute)
-    found = [sorted((p for shard in shards for p in shard[k]), key=lambda p: p.index) for k in range(len(sets))]
+    found = [sorted((p for shard, _ in shards for p in shard[k]), key=lambda p: p.index) for k in range(len(sets))]
+    if cache_path and is_rank_zero() and records is not None:
+        os.makedirs(output_dir, exist_ok=True)
+        write_header_cache(cache_path, key, {path: st for _, passed in shards for path, st in passed.items()})
     if not data_args.skip_bad_samples:
         for problems, (_, _, path) in zip(found, sets):
             if problems:
