@@ -62,7 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parts", default=",".join(p.name for p in PARTS), help="comma-separated subset")
     p.add_argument("--budget_s", type=float, default=None, help="overall time budget (default 480 GPU, 175 CPU)")
     p.add_argument("--keep_work", action="store_true", help="keep the scratch folder (tiny models, checkpoints)")
+    p.add_argument("--hide", default=None, help="comma-separated modules the parts cannot import, to rehearse the "
+                   "GPU image on a CPU machine (default with --quick: deepspeed,flash_attn; else none)")
     a = p.parse_args(argv)
+    a.hide = ("deepspeed,flash_attn" if a.quick else "") if a.hide is None else a.hide
     a.out = os.environ.get("OUT") or a.out or "gpu_check_out"
     return a
 
@@ -76,10 +79,23 @@ def pick_device(choice: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def child_env(work: Path) -> dict[str, str]:
+def hide_modules(work: Path, names: list[str]) -> list[str]:
+    """A ``sitecustomize`` that makes ``names`` unimportable (as on the GPU image); its folder, or none."""
+    if not names:
+        return []
+    folder = work / "hide"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ['"""GPU check rehearsal: modules the GPU image lacks (find_spec returns None, import fails)."""',
+             "import sys", *(f"sys.modules[{n!r}] = None" for n in names)]
+    (folder / "sitecustomize.py").write_text("\n".join(lines) + "\n")
+    return [str(folder)]
+
+
+def child_env(work: Path, hide: str = "") -> dict[str, str]:
     """The parts' environment: the repository and the installed carried wheels importable, offline."""
     env = dict(os.environ)
-    paths = [str(work / "deps"), str(REPO), *filter(None, [env.get("PYTHONPATH")])]
+    hidden = hide_modules(work, [n for n in hide.split(",") if n])
+    paths = [*hidden, str(work / "deps"), str(REPO), *filter(None, [env.get("PYTHONPATH")])]
     env.update(PYTHONPATH=os.pathsep.join(paths), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled",
                HF_HOME=str(work / "hf_home"), PYTHONUNBUFFERED="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
@@ -99,7 +115,7 @@ def run_part(part: Part, a: argparse.Namespace, device: str, work: Path, cap: fl
     with log.open("w") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
-        proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(work), stdout=f, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(work, a.hide), stdout=f, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
             rc = proc.wait(timeout=max(cap, 1))
