@@ -19,7 +19,9 @@ from typing import Any
 from gpu_common import parse_part_args, part_parser, write_result
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "gpu_throughput.py"
-STEPS = {"stages": "3", "packing": "2"}  # timed steps a repeat on a GPU: the check's time budget
+# Timed steps a repeat on a GPU, for the check's budget: stages 2 (warmup 2 + 3 x 2 steps a row, ~3 s a stage-1
+# step on an H100); packing 1 (16 samples a row: one padded batch, one batch of ~7 packs).
+STEPS = {"stages": "2", "packing": "1"}
 
 
 def load_bench() -> Any:
@@ -64,7 +66,7 @@ def main() -> None:
     numbers = key_numbers(rows)
     expected = 4 if a.packing else 3
     finite = all(math.isfinite(v) and v > 0 for v in numbers.values())
-    ok = res.returncode == 0 and len(rows) == expected and finite
+    ok = res.returncode == 0 and len(rows) >= expected and finite  # more: flash-attention-2 rows too
     detail = "" if ok else f"exit {res.returncode}, {len(rows)}/{expected} rows (missing rows: out of memory?)"
     write_result(a.out, part, ok, dict(rows=len(rows), **numbers), detail)
 
