@@ -20,13 +20,15 @@ def tiny_model_args(clip_path: str, projector_type: str = "mlp2x_gelu", **overri
 
 
 def build_tiny_llava(llm_path: str, clip_path: str, projector_type: str = "mlp2x_gelu", seed: int = 0,
-                     **overrides: Any) -> torch.nn.Module:
-    """Load the LLM as its LLaVA class, attach tower + projector (seeded), fp32, eval mode."""
+                     attn_implementation: str | None = None, **overrides: Any) -> torch.nn.Module:
+    """Load the LLM as its LLaVA class (``attn_implementation``: transformers' default when None), attach
+    tower + projector (seeded), fp32, eval mode."""
     from transformers import AutoConfig
 
     llm_config = AutoConfig.from_pretrained(llm_path)
     cls = llava_class_for(llm_config.model_type)
-    model = cls.from_pretrained(llm_path, config=cls.config_from_llm(llm_config), dtype=torch.float32)
+    attn = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    model = cls.from_pretrained(llm_path, config=cls.config_from_llm(llm_config), dtype=torch.float32, **attn)
     torch.manual_seed(seed)
     model.get_model().initialize_vision_modules(tiny_model_args(clip_path, projector_type, **overrides))
     model.config.image_aspect_ratio = "pad"
