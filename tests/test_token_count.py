@@ -1,6 +1,6 @@
 """Packing's token counts equal, sample for sample, what preprocessing gives training, over any number of workers
-(issue 28): every conversation template (the tokenizer's chat template too), image / text-only / multi-turn / mid-text image / too-long samples and
-structurally bad ones."""
+(issue 28): every conversation template (the tokenizer's chat template too), image / text-only / multi-turn /
+mid-text image / too-long samples and structurally bad ones."""
 
 from __future__ import annotations
 
