@@ -80,7 +80,8 @@ def _train_argv(tiny_llama: str, tiny_clip: str, data: Path, images: Path, out: 
             "--max_image_pixels", "10000", *extra]
 
 
-def test_train_stops_at_launch_before_weights_load(tmp_path, tiny_llama, tiny_clip, monkeypatch, capsys):
+def test_train_stops_at_launch_before_weights_load(tmp_path, tiny_llama, tiny_clip, monkeypatch, capfd):
+    # capfd, not capsys: train() sets up logging handlers on sys.stderr, which capsys would close after the test
     import llava.train.train as train_mod
 
     images, records = _folder(tmp_path)
@@ -95,7 +96,7 @@ def test_train_stops_at_launch_before_weights_load(tmp_path, tiny_llama, tiny_cl
     with pytest.raises(SystemExit) as err:
         train_mod.train()
     assert err.value.code == 2
-    lines = capsys.readouterr().err.splitlines()
+    lines = [ln for ln in capfd.readouterr().err.splitlines() if not ln.startswith("[")]
     assert lines[0] == (f"error: 6 sample(s) in {data} have a bad image; fix them (python -m llava.data.doctor "
                         "lists them all) or pass --skip_bad_samples True to skip and list them in "
                         "skipped_samples.json"), lines

@@ -192,12 +192,10 @@ def chain_backward(mats: Iterable[nn.Module], upstream: bool) -> tuple[Dense, bo
 
 def _tower_grad_depth(config: Any, tower: Any) -> int:
     """Tower layers whose output the selected hidden state(s) depend on."""
-    layers = int(tower.config.num_hidden_layers)
-    picks: Sequence[Any] = [tower.select_layer]
-    if getattr(config, "use_multilayer_features", False):
-        from llava.model.addons.multilayer import DEFAULT_LAYERS, parse_layers
+    from llava.model.addons.registry import AddonRegistry
 
-        picks = parse_layers(getattr(config, "mm_multilayer_select", None) or DEFAULT_LAYERS)
+    layers = int(tower.config.num_hidden_layers)
+    picks = AddonRegistry().pipeline(config).tower_layers(int(tower.select_layer))
     return max(int(i) % (layers + 1) for i in picks)
 
 

@@ -286,16 +286,19 @@ def train(attn_implementation: str | None = None) -> None:
 
 
 def run_stage(model_args: Any, data_args: DataArguments, training_args: TrainingArguments, records: Any,
-              eval_records: Any, attn_implementation: str | None, launch_problems: tuple = ([], [])) -> None:
+              eval_records: Any, attn_implementation: str | None, launch_problems: Any = None) -> None:
     """One stage on parsed arguments, holding the output folder's lock: resume check, model, data, train, save.
 
-    ``launch_problems``: the (train, eval) samples the launch check found bad (``--skip_bad_samples``)."""
+    ``launch_problems``: the launch image check (:class:`llava.train.usage.LaunchCheck`): the (train, eval)
+    samples it found bad (``--skip_bad_samples``) and the header cache to save once the run is accepted."""
     from llava.train.data_fingerprint import check_same_data, fingerprint
     from llava.train.skips import report_skips, restore_skipped
 
     resume = find_resume_checkpoint(training_args.output_dir)
     check_resume_checkpoint(resume, training_args.trust_checkpoint)
     check_same_data(resume, data_args)
+    if launch_problems is not None:
+        launch_problems.save_header_cache()
     transformers.set_seed(training_args.seed)  # before any module is built: the projector's init is seeded
 
     model = prepare_model(model_args, training_args, attn_implementation)
@@ -349,14 +352,15 @@ def prepare_model(model_args: Any, training_args: TrainingArguments, attn_implem
 
 
 def build_data_module(model: Any, tokenizer: Any, data_args: DataArguments, training_args: TrainingArguments,
-                      records: Any, eval_records: Any, launch_problems: tuple) -> dict[str, Any]:
+                      records: Any, eval_records: Any, launch_problems: Any) -> dict[str, Any]:
     """The Trainer's datasets and collator: launch-check skips marked, the validation set prechecked, packed
     when ``--packing``."""
     from llava.data.supervised import check_eval_set, make_supervised_data_module
 
     data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args, records=records,
                                               eval_records=eval_records)
-    for key, problems in zip(("train_dataset", "eval_dataset"), launch_problems):
+    for key, problems in (("train_dataset", launch_problems.train), ("eval_dataset", launch_problems.eval)) \
+            if launch_problems is not None else ():
         for problem in problems:
             data_module[key].mark_bad(problem.index, problem.category)
     if data_module["eval_dataset"] is not None:

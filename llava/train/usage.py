@@ -4,7 +4,7 @@ exit 2; :mod:`llava.utils.user_errors`) before any weights load."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 from llava.data.dataset import load_data_file
 from llava.data.sample_check import check_structure
@@ -69,7 +69,7 @@ HEADER_CACHE_FILE = "image_headers.json"  # in --output_dir: the image headers t
 
 
 def check_images_at_launch(records: Any, eval_records: Any, data_args: Any,
-                           output_dir: str | None = None) -> tuple[list[Any], list[Any]]:
+                           output_dir: str | None = None) -> LaunchCheck:
     """``(train, eval)`` problems of :func:`llava.data.launch_check.check_images` (each rank reads a shard
     of the images, the problems are gathered on all), before any weights load. Without ``--skip_bad_samples`` a
     problem stops the launch: one line per category with the first sample ids, exit 2; with it, the caller marks
@@ -100,11 +100,24 @@ def check_images_at_launch(records: Any, eval_records: Any, data_args: Any,
 
     shards = over_ranks(compute)
     found = [sorted((p for shard, _ in shards for p in shard[k]), key=lambda p: p.index) for k in range(len(sets))]
-    if cache_path and is_rank_zero() and records is not None:
-        os.makedirs(output_dir, exist_ok=True)
-        write_header_cache(cache_path, key, {path: st for _, passed in shards for path, st in passed.items()})
     if not data_args.skip_bad_samples:
         for problems, (_, _, path) in zip(found, sets):
             if problems:
                 fail(problems_summary(problems, path), lines=True)
-    return found[0], found[1]
+    passed = {path: st for _, done in shards for path, st in done.items()}
+
+    def save_header_cache() -> None:  # after the checkpoint gate: a refused launch writes nothing
+        if cache_path and is_rank_zero() and passed:
+            os.makedirs(output_dir, exist_ok=True)
+            write_header_cache(cache_path, key, passed)
+
+    return LaunchCheck(found[0], found[1], save_header_cache)
+
+
+class LaunchCheck(NamedTuple):
+    """What the launch image check found: the bad (train, eval) samples, and ``save_header_cache`` to call once the
+    run is accepted (it remembers the headers that passed, for the next launch)."""
+
+    train: list[Any]
+    eval: list[Any]
+    save_header_cache: Any

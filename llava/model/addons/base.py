@@ -136,6 +136,11 @@ class Addon:
     def tokens(cls, cfg: Any, n: int) -> int:
         return n
 
+    @classmethod
+    def tower_layers(cls, cfg: Any, layers: list[int]) -> list[int]:
+        """The tower hidden-state indices the features are read from, given those read so far."""
+        return layers
+
     # ---- modules and run time ----
     @classmethod
     def build(cls, cfg: Any, model_config: Any) -> dict[str, nn.Module]:

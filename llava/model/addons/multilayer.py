@@ -93,6 +93,10 @@ class Multilayer(Addon):
         validate_layers(cfg.mm_multilayer_select, geo.tower_layers)
 
     @classmethod
+    def tower_layers(cls, cfg: MultilayerConfig, layers: list[int]) -> list[int]:
+        return list(cfg.mm_multilayer_select)
+
+    @classmethod
     def input_width(cls, cfg: MultilayerConfig, width: int) -> int:
         return width * len(cfg.mm_multilayer_select)
 

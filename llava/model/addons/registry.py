@@ -176,6 +176,14 @@ class AddonPipeline:
             side = a.grid_side(c, side)
         return side
 
+    def tower_layers(self, select_layer: int) -> list[int]:
+        """The tower hidden-state indices the image features come from (``select_layer`` unless an add-on reads
+        others, e.g. multi-layer features)."""
+        layers = [select_layer]
+        for a, c in self.enabled:
+            layers = a.tower_layers(c, layers)
+        return layers
+
     def tokens_per_image(self, tower_tokens: int) -> int:
         """Sequence positions one image occupies after every add-on."""
         n = tower_tokens
