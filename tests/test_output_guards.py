@@ -22,6 +22,7 @@ import pytest
 from helpers_data import write_shapes_dataset
 
 from llava.train.checkpoint_trust import verify_checkpoint, write_manifest
+from llava.train.usage import HEADER_CACHE_FILE
 from llava.utils.run_lock import LOCK_NAME, OutputDirLockedError, acquire_lock, release_lock
 
 
@@ -143,7 +144,8 @@ def test_disk_full_during_save_is_one_line_and_keeps_the_previous_checkpoint(
             rf"\(the size of one checkpoint\); the previous checkpoint {out / 'checkpoint-2'} is intact \(rerun "
             r"after freeing space to resume from it\)", err[0]), err
         verify_checkpoint(out / "checkpoint-2")  # complete and untouched: resume can use it
-        assert sorted(os.listdir(out)) == ["checkpoint-2"]  # the unfinished one removed, lock released
+        # the unfinished one removed, lock released (the launch's image-header cache stays: it is not a checkpoint)
+        assert sorted(os.listdir(out)) == ["checkpoint-2", HEADER_CACHE_FILE]
     finally:
         subprocess.run(["umount", str(disk)], check=False)
         shutil.rmtree(disk, ignore_errors=True)
