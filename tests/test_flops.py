@@ -94,7 +94,9 @@ def test_formula_matches_flop_counter(case: str, tiny_llama, tiny_clip) -> None:
     got = measured(net, batch)
     want = shape.component_flops(counts["real_tokens"], counts["sum_sq_lengths"], counts["vision_images"])
     assert set(want) == set(COMPONENTS)
-    assert want == got, case
+    # exact on transformers 5.25; 5.17's Llama rotary embedding adds a small matmul (inv_freq x positions, about
+    # 6e-5 of the LLM's forward) that FlopCounterMode counts and the formula, by design, does not
+    assert all(want[c] == pytest.approx(got[c], rel=1e-4) for c in COMPONENTS), (case, want, got)
     # the backward that each case does (and does not) have
     assert (got["vision"][1] > 0) == (case == "tower")
     assert (got["projector"][1] > 0) == (case != "lora_frozen_projector")

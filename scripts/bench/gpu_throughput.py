@@ -110,7 +110,8 @@ def build(tmp: Path, quick: bool, attn: str, device: torch.device, mode: str) ->
         model.requires_grad_(False)
         model.get_model().mm_projector.requires_grad_(True)
     net.train()
-    net.activation_checkpointing_enable()  # what Trainer.train() does for --gradient_checkpointing True
+    enable = getattr(net, "activation_checkpointing_enable", None) or net.gradient_checkpointing_enable
+    enable()  # what Trainer.train() does for --gradient_checkpointing True (older transformers: the second name)
     return net
 
 
