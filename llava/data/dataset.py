@@ -113,6 +113,13 @@ def _word_count(sample: Any) -> int:
     )
 
 
+def problem_code(sample: Any) -> int:
+    """0 for a sample training can use, else 1 + the index in ``BAD_SAMPLE_CATEGORIES`` of its first structural
+    problem (the dataset's status code, and the data store's ``problem`` column)."""
+    problems = structural_problems(sample)
+    return BAD_SAMPLE_CATEGORIES.index(problems[0][0]) + 1 if problems else 0
+
+
 def _has_image(sample: Any) -> bool:
     return isinstance(sample, dict) and sample.get("image") is not None
 
@@ -173,8 +180,8 @@ class LazySupervisedDataset(Dataset):
             self._status.copy_(torch.from_numpy(np.array(codes, dtype=np.int8)))  # a private copy
         elif self.skip_bad_samples:  # structural problems are known up front: skipped and counted exactly
             for i, sample in enumerate(self.list_data_dict):
-                if problems := structural_problems(sample):
-                    self._status[i] = BAD_SAMPLE_CATEGORIES.index(problems[0][0]) + 1
+                if code := problem_code(sample):
+                    self._status[i] = code
         self._lengths: list[int] | None = None
         self._modality_lengths: list[int] | None = None
 

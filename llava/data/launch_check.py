@@ -18,11 +18,13 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from stat import S_ISREG
 from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from llava.mm_utils import check_pixel_count
 from llava.utils.atomic import atomic_write_json
 from llava.utils.image_files import image_inside_folder
 from llava.utils.progress_line import ProgressLine
@@ -66,10 +68,10 @@ def image_problem(image: str, folder: str, max_pixels: int | None, allow_absolut
                 f"({os.path.realpath(path)}); make it relative to the folder, or pass --allow_absolute_image_paths "
                 "True to accept such paths")
     try:
-        stat = os.stat(path)
+        stat = os.stat(path)  # one stat: existence, regular file, and the cache's size/mtime
     except OSError:
         stat = None
-    if stat is None or not os.path.isfile(path):
+    if stat is None or not S_ISREG(stat.st_mode):
         return "missing_image", f"image file not found: {path} (image_folder={folder!r})"
     if cache is not None and cache.fresh(path, stat):
         cache.passed[path] = [stat.st_size, stat.st_mtime_ns]
@@ -81,14 +83,15 @@ def image_problem(image: str, folder: str, max_pixels: int | None, allow_absolut
 
 
 def _header_problem(path: str, max_pixels: int | None) -> tuple[str, str] | None:
+    """What the header says is wrong: too many pixels (:func:`llava.mm_utils.check_pixel_count`, the limit the
+    fetch applies too, or PIL's own bomb limit) or not an image."""
     try:
         with Image.open(path) as probe:
-            width, height = probe.size
-    except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+            check_pixel_count(probe.size, max_pixels)
+    except Image.DecompressionBombError as err:
+        return "image_too_large", f"{path}: {err}"
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as err:
         return "unreadable_image", f"cannot read image {path}: {type(err).__name__}: {err}"
-    if max_pixels is not None and width * height > max_pixels:
-        return ("image_too_large", f"image {path} is {width}x{height} = {width * height} pixels, over "
-                f"--max_image_pixels={max_pixels} (a decompression bomb?); shrink it or raise the limit")
     return None
 
 

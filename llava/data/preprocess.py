@@ -259,15 +259,7 @@ def preprocess_plain(
     conv = _resolve(conv)
     input_ids, labels, mismatched = [], [], 0
     for source in sources:
-        turns = _turns(source, sample_id)
-        if len(turns) != 2 or DEFAULT_IMAGE_TOKEN not in turns[0][1]:
-            raise BadSampleError(
-                "bad_conversation",
-                "the 'plain' template (pretraining) needs exactly one human turn containing "
-                f"<image> and one gpt caption; got {len(turns)} turns",
-                sample_id,
-            )
-        prompt = DEFAULT_IMAGE_TOKEN + turns[1][1] + conv.sep
+        prompt = _plain_prompt(_turns(source, sample_id), conv, sample_id)
         ids, labs, ok = _mask_spans(
             prompt, [(len(DEFAULT_IMAGE_TOKEN), len(prompt))], tokenizer, True, sample_id, conv.version
         )
@@ -275,6 +267,26 @@ def preprocess_plain(
         labels.append(labs)
         mismatched += int(not ok)
     return dict(input_ids=input_ids, labels=labels, num_mismatched=mismatched)
+
+
+def _plain_prompt(turns: list[tuple[str, str]], conv: Conversation, sample_id: Any) -> str:
+    """The 'plain' template's prompt: ``<image>`` + the caption + ``sep`` (one human turn with ``<image>``, one
+    gpt caption, else :class:`BadSampleError`)."""
+    if len(turns) != 2 or DEFAULT_IMAGE_TOKEN not in turns[0][1]:
+        raise BadSampleError(
+            "bad_conversation",
+            "the 'plain' template (pretraining) needs exactly one human turn containing "
+            f"<image> and one gpt caption; got {len(turns)} turns",
+            sample_id,
+        )
+    return DEFAULT_IMAGE_TOKEN + turns[1][1] + conv.sep
+
+
+def _check_chat_template(tokenizer: Any) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            "the 'chat_template' conversation template needs a tokenizer with `chat_template` set"
+        )
 
 
 def preprocess_v1(
@@ -317,10 +329,7 @@ def preprocess_chat_template(
     """
     conv = _resolve(conv)
     _require_style(conv, SeparatorStyle.TEMPLATE, "preprocess_chat_template")
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
-            "the 'chat_template' conversation template needs a tokenizer with `chat_template` set"
-        )
+    _check_chat_template(tokenizer)
     return _preprocess_rendered(sources, tokenizer, conv, has_image, sample_id, add_special_tokens=False)
 
 
@@ -339,15 +348,13 @@ def prompt_token_ids(
     for source in copy.deepcopy(list(sources)):
         turns = _turns(source, sample_id)
         if conv.sep_style == SeparatorStyle.PLAIN:
-            if len(turns) != 2 or DEFAULT_IMAGE_TOKEN not in turns[0][1]:
-                preprocess_plain([source], tokenizer, conv, sample_id=sample_id)  # raises its BadSampleError
-            out.append(_tokenize(DEFAULT_IMAGE_TOKEN + turns[1][1] + conv.sep, tokenizer, True, True))
+            out.append(_tokenize(_plain_prompt(turns, conv, sample_id), tokenizer, True, True))
             continue
         if conv.sep_style not in (SeparatorStyle.TWO, SeparatorStyle.LLAMA_2, SeparatorStyle.TEMPLATE):
             raise ValueError(f"no preprocessor for separator style {conv.sep_style!r} (template {conv.version!r})")
         template = conv.sep_style == SeparatorStyle.TEMPLATE
-        if template and not getattr(tokenizer, "chat_template", None):
-            raise ValueError("the 'chat_template' conversation template needs a tokenizer with `chat_template` set")
+        if template:
+            _check_chat_template(tokenizer)
         prompt, _ = _render_with_spans(turns, conv, tokenizer)
         out.append(_tokenize(prompt, tokenizer, has_image, add_special_tokens=not template))
     return out

@@ -36,9 +36,14 @@ from typing import Any
 
 import numpy as np
 
-from llava.data.dataset import IMAGE_LENGTH_BONUS, DataFileError, _has_image, _parse_data_file, _word_count
-from llava.data.preprocess import BAD_SAMPLE_CATEGORIES
-from llava.data.sample_check import structural_problems
+from llava.data.dataset import (
+    IMAGE_LENGTH_BONUS,
+    DataFileError,
+    _has_image,
+    _parse_data_file,
+    _word_count,
+    problem_code,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -193,13 +198,6 @@ def _had_store_for(path: str, cache_dir: Path) -> bool:
         except (OSError, json.JSONDecodeError):
             continue
     return False
-
-
-def problem_code(sample: Any) -> int:
-    """0 for a sample training can use, else 1 + the index in ``BAD_SAMPLE_CATEGORIES`` of its first structural
-    problem (the dataset's status code)."""
-    problems = structural_problems(sample)
-    return BAD_SAMPLE_CATEGORIES.index(problems[0][0]) + 1 if problems else 0
 
 
 def _complete(target: Path) -> bool:

@@ -359,10 +359,10 @@ def build_data_module(model: Any, tokenizer: Any, data_args: DataArguments, trai
 
     data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args, records=records,
                                               eval_records=eval_records)
-    for key, problems in (("train_dataset", launch_problems.train), ("eval_dataset", launch_problems.eval)) \
-            if launch_problems is not None else ():
-        for problem in problems:
-            data_module[key].mark_bad(problem.index, problem.category)
+    if launch_problems is not None:
+        for key, problems in (("train_dataset", launch_problems.train), ("eval_dataset", launch_problems.eval)):
+            for problem in problems:
+                data_module[key].mark_bad(problem.index, problem.category)
     if data_module["eval_dataset"] is not None:
         check_eval_set(data_module["eval_dataset"])
     if data_args.packing:

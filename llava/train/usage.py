@@ -65,6 +65,18 @@ def over_ranks(compute: Any) -> list[Any]:
     return gathered
 
 
+def to_rank_zero(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj`` on rank 0 (in rank order), None elsewhere; ``[obj]`` without a process group."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    rank, world = dist.get_rank(), dist.get_world_size()
+    gathered: list[Any] | None = [None] * world if rank == 0 else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
 HEADER_CACHE_FILE = "image_headers.json"  # in --output_dir: the image headers that passed the launch check
 
 
@@ -91,20 +103,21 @@ def check_images_at_launch(records: Any, eval_records: Any, data_args: Any,
     cache_path = os.path.join(output_dir, HEADER_CACHE_FILE) if output_dir and data_args.image_folder else None
     key = header_cache_key(data_args.image_folder or "", max_pixels, data_args.allow_absolute_image_paths)
 
-    def compute(rank: int, world: int) -> tuple[list[list[Any]], dict[str, list[int]]]:  # this rank's shard
-        cache = HeaderCache(read_header_cache(cache_path, key)) if cache_path else None
-        found = [check_images(recs, folder, max_pixels, data_args.allow_absolute_image_paths, shard=(rank, world),
-                              cache=cache if k == 0 else None)
-                 if recs is not None and folder is not None else [] for k, (recs, folder, _) in enumerate(sets)]
-        return found, cache.passed if cache is not None else {}
+    cache = HeaderCache(read_header_cache(cache_path, key)) if cache_path else None
 
-    shards = over_ranks(compute)
-    found = [sorted((p for shard, _ in shards for p in shard[k]), key=lambda p: p.index) for k in range(len(sets))]
+    def compute(rank: int, world: int) -> list[list[Any]]:  # this rank's shard
+        return [check_images(recs, folder, max_pixels, data_args.allow_absolute_image_paths, shard=(rank, world),
+                             cache=cache if k == 0 else None)
+                if recs is not None and folder is not None else [] for k, (recs, folder, _) in enumerate(sets)]
+
+    shards = over_ranks(compute)  # the problems on every rank; the passed headers only where they are saved
+    done = to_rank_zero(cache.passed if cache is not None else {})
+    found = [sorted((p for shard in shards for p in shard[k]), key=lambda p: p.index) for k in range(len(sets))]
     if not data_args.skip_bad_samples:
         for problems, (_, _, path) in zip(found, sets):
             if problems:
                 fail(problems_summary(problems, path), lines=True)
-    passed = {path: st for _, done in shards for path, st in done.items()}
+    passed = {path: st for part in done or () for path, st in part.items()}
 
     def save_header_cache() -> None:  # after the checkpoint gate: a refused launch writes nothing
         if cache_path and is_rank_zero() and passed:
